@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then train/evaluate/report the toy table (R50 rows 1-3) on CPU
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# nvcc on PATH may be a wrapper script; scripts/find_cuda_home.sh reads it for the real toolkit.
+CUDA_HOME ?= $(shell sh scripts/find_cuda_home.sh)
+
+.PHONY: setup demo test bench lab clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.* csrc/*/*.*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q setuptools wheel ninja
+	CUDA_HOME="$(CUDA_HOME)" MAX_JOBS=2 $(PIP) install -q --no-build-isolation -e ".[dev,lab]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/gcrepro demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/gc_op.py
+	$(PY) benchmarks/toy_throughput.py
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf build *.egg-info gcrepro/*.so
