@@ -20,10 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce the GCNet table (global context blocks in Mask R-CNN / Cascade Mask R-CNN).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    entries.register_cli(sub)  # gcrepro table list
+    table = sub.add_parser("table", help="the paper's table: list entries, run them, report")
+    table_sub = table.add_subparsers(dest="table_command", required=True)
+    entries.register_cli(table_sub)  # gcrepro table list
     data_cli.register(sub)  # gcrepro data toy
     engine_cli.register(sub)  # gcrepro train / eval
-    analysis_cli.register(sub)  # gcrepro table run / report / demo
+    analysis_cli.register(sub, table_sub)  # gcrepro table run / report, gcrepro demo
     return parser
 
 
