@@ -1,1 +1,46 @@
+"""Data: COCO instances (COCO 2017 layout), the synthetic toy set, samplers and loaders.
 
+The dataset yields ``(image float [3, H, W] in 0..1, target dict(boxes [K, 4] xyxy absolute,
+labels int64 1..K, masks uint8 [K, H, W], image_id int))`` and does the training flip only;
+resize / normalisation / padding happen inside the model (torchvision GeneralizedRCNNTransform).
+
+Public API::
+
+    CocoInstances(root, split="train", train=None, flip_prob=0.5, *, seed=0)
+    build_loader(dataset, *, batch_size, train, num_workers, seed, distributed) -> DataLoader
+    set_epoch(loader, epoch, start_iter=0)
+    make_toy_dataset(out, *, seed=0, num_train=512, num_val=64, image_size=160) -> Path
+    ensure_toy(path=None, seed=0) -> Path
+    resolve_data(data) -> (root, "toy" | "coco")
+    DataError                                   # one-line message naming the bad file / id
+"""
+from __future__ import annotations
+
+__all__ = [
+    "CocoInstances",
+    "DataError",
+    "build_loader",
+    "set_epoch",
+    "make_toy_dataset",
+    "ensure_toy",
+    "resolve_data",
+]
+
+_WHERE = {
+    "CocoInstances": "coco",
+    "DataError": "errors",
+    "build_loader": "loader",
+    "set_epoch": "loader",
+    "make_toy_dataset": "toy",
+    "ensure_toy": "toy",
+    "resolve_data": "resolve",
+}
+
+
+def __getattr__(name: str):
+    # Lazy, so `gcrepro --help` (which imports gcrepro.data.cli) does not import torch.
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"gcrepro.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'gcrepro.data' has no attribute {name!r}")

@@ -1,0 +1,207 @@
+"""COCO instances dataset (COCO 2017 layout), read with pycocotools.
+
+``CocoInstances(root, split, train)`` reads ``root/annotations/instances_{split}2017.json`` and the
+images in ``root/{split}2017/`` and yields ``(image, target)``:
+
+- ``image``: float Tensor [3, H, W] in 0..1, RGB, at the file's own resolution;
+- ``target``: ``boxes`` float [K, 4] xyxy in absolute pixels, ``labels`` int64 [K] contiguous
+  1..num_categories (0 is background), ``masks`` uint8 [K, H, W] (polygons or RLE decoded by
+  pycocotools), ``image_id`` int (the COCO image id).
+
+The ONLY augmentation here is the training horizontal flip (p = ``flip_prob``, SPEC §4). Keep-ratio
+resize to (1333, 800) (toy profile: smaller), ImageNet normalisation and padding to a multiple of
+32 happen INSIDE the model (torchvision ``GeneralizedRCNNTransform``): do not resize here, or
+images get resized twice.
+
+Category ids: COCO ids are sorted and mapped to labels 1..K (``cat_id_to_label``), and back with
+``label_to_cat_id`` when writing results; ``num_classes`` = K + 1 (background included).
+
+Filtering, as upstream mmdetection / torchvision references do: crowd annotations are dropped
+(from targets; COCOeval still reads them from the JSON), degenerate boxes (w or h < 1 pixel) are
+dropped with one warning line each naming the annotation id and the file, and in training images
+left without annotations are skipped. Evaluation (``train=False``) keeps every image.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from gcrepro.data.errors import DataError
+from gcrepro.data.transforms import flip_decision, hflip
+
+logger = logging.getLogger("gcrepro.data")
+
+SPLITS = ("train", "val")
+
+
+def annotation_file(root: Path, split: str) -> Path:
+    return Path(root) / "annotations" / f"instances_{split}2017.json"
+
+
+def image_folder(root: Path, split: str) -> Path:
+    return Path(root) / f"{split}2017"
+
+
+def load_coco(ann_file: Path | str) -> COCO:
+    """A pycocotools ``COCO`` for ``ann_file``; raises ``DataError`` (one line) for a missing file,
+    invalid JSON (with line and column) or a file that is not a COCO instances file."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DataError(f"annotation file not found: {ann_file}")
+    try:
+        with open(ann_file, "rb") as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{ann_file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{ann_file}: not valid JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(dataset, dict):
+        raise DataError(f"{ann_file}: not a COCO instances file: top level is a {type(dataset).__name__}, expected an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise DataError(f"{ann_file}: not a COCO instances file: missing list {key!r}")
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+        coco.createIndex()
+    return coco
+
+
+class CocoInstances(Dataset):
+    """COCO instances in the COCO 2017 layout (see the module docstring).
+
+    Args:
+        root: folder holding ``annotations/`` and ``{split}2017/``.
+        split: ``"train"`` or ``"val"``.
+        train: training mode (skip images without annotations, random flip); default: split == "train".
+        flip_prob: horizontal flip probability in training (SPEC §4: 0.5).
+        seed: seed of the flip draws, which depend only on (seed, epoch, index); see ``set_epoch``.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        split: str = "train",
+        train: bool | None = None,
+        flip_prob: float = 0.5,
+        *,
+        seed: int = 0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.root = Path(root)
+        self.split = split
+        self.train = (split == "train") if train is None else bool(train)
+        self.flip_prob = float(flip_prob)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.ann_file = annotation_file(self.root, split)
+        self.image_dir = image_folder(self.root, split)
+        self.coco = load_coco(self.ann_file)
+        if not self.image_dir.is_dir():
+            raise DataError(f"image folder not found: {self.image_dir} (COCO 2017 layout: ROOT/{split}2017/)")
+
+        cat_ids = sorted(self.coco.getCatIds())
+        if not cat_ids:
+            raise DataError(f"{self.ann_file}: 'categories' is empty")
+        self.cat_id_to_label: dict[int, int] = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
+        self.label_to_cat_id: dict[int, int] = {label: cat_id for cat_id, label in self.cat_id_to_label.items()}
+        self.class_names: list[str] = ["__background__"] + [self.coco.cats[c]["name"] for c in cat_ids]
+        self.num_classes = len(cat_ids) + 1  # background included
+
+        self._anns: dict[int, list[dict]] = {}  # image id -> usable annotations
+        self.ids: list[int] = []  # dataset index -> COCO image id
+        for image_id in sorted(self.coco.imgs):
+            anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
+            if self.train and not anns:
+                continue  # as upstream: training skips images without (usable) annotations
+            self._anns[image_id] = anns
+            self.ids.append(image_id)
+
+    def _usable(self, ann: dict) -> bool:
+        if ann.get("category_id") not in self.cat_id_to_label:
+            raise DataError(
+                f"{self.ann_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')!r}, "
+                f"which is not in 'categories' (ids {sorted(self.cat_id_to_label)})"
+            )
+        if ann.get("iscrowd", 0):
+            return False
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise DataError(f"{self.ann_file}: annotation {ann.get('id')} has bbox {bbox!r}, expected [x, y, w, h]")
+        _, _, w, h = bbox
+        if w < 1 or h < 1:
+            logger.warning(
+                "%s: dropping annotation %s (image %s): degenerate box w=%g h=%g, expected w and h >= 1 pixel",
+                self.ann_file, ann.get("id"), ann.get("image_id"), w, h,
+            )
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the flip draws of ``epoch`` (call before iterating; the loader helper does)."""
+        self.epoch = int(epoch)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every item, from the annotation file (no image decoding)."""
+        return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+
+    def _read_image(self, image_id: int) -> Tensor:
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise DataError(f"image file missing: {path} (image id {image_id}, listed in {self.ann_file})")
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
+        except RuntimeError as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"cannot decode image {path} (image id {image_id}): {reason}") from None
+        if tuple(image.shape[1:]) != (info["height"], info["width"]):
+            raise DataError(
+                f"{path} (image id {image_id}) is {image.shape[2]}x{image.shape[1]} pixels but "
+                f"{self.ann_file} says {info['width']}x{info['height']}"
+            )
+        return image
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        image_id = self.ids[index]
+        image = self._read_image(image_id)  # uint8 [3, H, W]
+        height, width = image.shape[1:]
+        anns = self._anns[image_id]
+
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)  # [K, 4] xywh
+        boxes[:, 2:] += boxes[:, :2]  # -> xyxy
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        labels = torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)  # [K]
+        if anns:
+            masks = torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns]))  # uint8 [K, H, W]
+        else:
+            masks = torch.zeros((0, height, width), dtype=torch.uint8)
+        target = {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(image_id)}
+
+        if self.train and flip_decision(seed=self.seed, epoch=self.epoch, index=index, prob=self.flip_prob):
+            image, target = hflip(image, target)
+        return image.float().div_(255), target  # float [3, H, W] in 0..1
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "eval"
+        return (
+            f"CocoInstances({self.root}, split={self.split!r}, {mode}, {len(self)} images, "
+            f"{self.num_classes - 1} categories)"
+        )
