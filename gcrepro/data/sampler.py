@@ -21,9 +21,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from gcrepro.data.seeding import generator
-
-_SAMPLER_STREAM = 1  # keeps the shuffle seeds apart from the flip seeds (seed, epoch, index)
+from gcrepro.data.seeding import SAMPLER_STREAM, generator
 
 
 def aspect_groups(aspect_ratios: Sequence[float]) -> list[int]:
@@ -79,7 +77,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def epoch_batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch, in order (all of them, ignoring start_iter)."""
-        g = generator(self.seed, _SAMPLER_STREAM, self.epoch)
+        g = generator(self.seed, SAMPLER_STREAM, self.epoch)
         block = self._block()
         blocks: list[torch.Tensor] = []
         for group in torch.unique(self.group_ids).tolist():  # sorted: deterministic

@@ -1,12 +1,17 @@
 """Seeds derived from tuples of integers, independent of any global RNG.
 
 Flip draws and sampler shuffles use ``derive_seed(seed, epoch, ...)`` so they are the same with
-any number of DataLoader workers, on every rank, and after a kill-and-resume.
+any number of DataLoader workers, on every rank, and after a kill-and-resume. The second key is a
+stream id, so different uses of one (seed, epoch) never share a seed.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+FLIP_STREAM = 0  # (seed, FLIP_STREAM, epoch, index): the dataset's flip draw
+SAMPLER_STREAM = 1  # (seed, SAMPLER_STREAM, epoch): the training batch order
+WORKER_STREAM = 2  # (seed, WORKER_STREAM, epoch): DataLoader worker base seeds (set by the engine)
 
 
 def derive_seed(*keys: int) -> int:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gcrepro.data.seeding import generator
+from gcrepro.data.seeding import FLIP_STREAM, generator
 
 
 def flip_decision(*, seed: int, epoch: int, index: int, prob: float) -> bool:
     """Whether sample ``index`` is flipped in ``epoch`` (Bernoulli(prob), reproducible)."""
     if prob <= 0.0:
         return False
-    draw = torch.rand((), generator=generator(seed, epoch, index)).item()
+    draw = torch.rand((), generator=generator(seed, FLIP_STREAM, epoch, index)).item()
     return draw < prob
 
 
