@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from gcrepro.data.errors import DataError
 from gcrepro.data.transforms import flip_decision, hflip
@@ -161,43 +161,52 @@ class CocoInstances(Dataset):
         """Width / height of every item, from the annotation file (no image decoding)."""
         return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
 
-    def _read_image(self, image_id: int) -> Tensor:
+    def _read_image(self, image_id: int) -> np.ndarray:
+        """RGB uint8 [H, W, 3] (Pillow: torchvision.io's decoders are deprecated since 0.29)."""
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise DataError(f"image file missing: {path} (image id {image_id}, listed in {self.ann_file})")
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
-        except RuntimeError as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"cannot decode image {path} (image id {image_id}): {reason}") from None
-        if tuple(image.shape[1:]) != (info["height"], info["width"]):
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"))  # uint8 [H, W, 3]
+        except OSError as e:  # includes PIL.UnidentifiedImageError and truncated files
+            raise DataError(f"cannot decode image {path} (image id {image_id}): {e}") from None
+        if pixels.shape[:2] != (info["height"], info["width"]):
             raise DataError(
-                f"{path} (image id {image_id}) is {image.shape[2]}x{image.shape[1]} pixels but "
+                f"{path} (image id {image_id}) is {pixels.shape[1]}x{pixels.shape[0]} pixels but "
                 f"{self.ann_file} says {info['width']}x{info['height']}"
             )
-        return image
+        return pixels
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         image_id = self.ids[index]
-        image = self._read_image(image_id)  # uint8 [3, H, W]
-        height, width = image.shape[1:]
+        pixels = self._read_image(image_id)  # uint8 [H, W, 3]
+        height, width = pixels.shape[:2]
         anns = self._anns[image_id]
 
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)  # [K, 4] xywh
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)  # [K, 4] xywh
         boxes[:, 2:] += boxes[:, :2]  # -> xyxy
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        labels = torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)  # [K]
+        np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+        labels = [self.cat_id_to_label[a["category_id"]] for a in anns]
         if anns:
-            masks = torch.from_numpy(np.stack([self.coco.annToMask(a) for a in anns]))  # uint8 [K, H, W]
+            masks = np.stack([self.coco.annToMask(a) for a in anns])  # uint8 [K, H, W]
         else:
-            masks = torch.zeros((0, height, width), dtype=torch.uint8)
-        target = {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(image_id)}
-
+            masks = np.zeros((0, height, width), dtype=np.uint8)
         if self.train and flip_decision(seed=self.seed, epoch=self.epoch, index=index, prob=self.flip_prob):
-            image, target = hflip(image, target)
-        return image.float().div_(255), target  # float [3, H, W] in 0..1
+            pixels, boxes, masks = hflip(pixels, boxes, masks)
+
+        # numpy until here: tiny per-image torch ops would start intra-op threads for every image
+        image = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)  # [3, H, W]
+        np.divide(image, 255, out=image)  # 0..1
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes)),  # float32 [K, 4] xyxy
+            "labels": torch.tensor(labels, dtype=torch.int64),  # [K]
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),  # uint8 [K, H, W]
+            "image_id": int(image_id),
+        }
+        return torch.from_numpy(image), target
 
     def __repr__(self) -> str:
         mode = "train" if self.train else "eval"
