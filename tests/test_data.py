@@ -117,6 +117,19 @@ def test_ensure_toy_reuses_rebuilds_and_refuses_foreign_folder(tmp_path):
     assert (foreign / "notes.txt").is_file()
 
 
+def _ensure_small(path: str) -> str:
+    return str(ensure_toy(path, num_train=12, num_val=2))
+
+
+def test_ensure_toy_concurrent_callers_get_one_complete_set(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        roots = pool.map(_ensure_small, [str(tmp_path / "toy")] * 3)
+    assert roots == [str(tmp_path / "toy")] * 3 and read_manifest(tmp_path / "toy")["num_train"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]  # no temporary folders left
+
+
 def test_cli_data_toy_writes_and_reports(tmp_path, capsys):
     from gcrepro.data import cli
 

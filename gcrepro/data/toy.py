@@ -27,11 +27,15 @@ Deterministic: every image is drawn from its own ``numpy`` generator seeded with
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from gcrepro.data.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no inter-process lock; the temporary-folder rename still protects readers
+    fcntl = None
+
+logger = logging.getLogger("gcrepro.data")
 
 TOY_VERSION = 1
 MANIFEST_NAME = "gcrepro_toy.json"
@@ -273,6 +284,21 @@ def _looks_like_toy(root: Path) -> bool:
     return all(p.name in toy_names or p.name.startswith(".") for p in root.iterdir())
 
 
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock beside ``root`` so concurrent callers (training ranks) build it once."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:16]  # lock outside the data folder: no clutter
+    with open(Path(tempfile.gettempdir()) / f"gcrepro-toy-{key}.lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_toy(
     path: Path | str | None = None,
     seed: int = 0,
@@ -284,8 +310,8 @@ def ensure_toy(
     """Return a complete toy dataset at ``path`` (default ``gcrepro.paths.default_toy_dir()``).
 
     Reused when its manifest matches (generator version, seed, sizes) and its files are all there;
-    otherwise (re)built in a temporary sibling folder and renamed into place, so concurrent callers
-    (e.g. several training ranks) never see a half-written set.
+    otherwise (re)built in a temporary sibling folder and renamed into place, under a lock file, so
+    concurrent callers (e.g. several training ranks) build it once and never see a half-written set.
     """
     if path is None:
         from gcrepro.paths import default_toy_dir
@@ -295,23 +321,20 @@ def ensure_toy(
     spec = {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
     if root.is_dir() and _is_complete(root, **spec):
         return root
-    if root.exists() and not (root.is_dir() and _looks_like_toy(root)):
-        raise DataError(f"{root} exists and is not a gcrepro toy dataset; refusing to overwrite it (choose another path)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
-    try:
-        make_toy_dataset(tmp, **spec)
-        if root.is_dir() and _is_complete(root, **spec):  # another process finished first
+    with _build_lock(root):
+        if root.is_dir() and _is_complete(root, **spec):  # another process built it meanwhile
             return root
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except OSError:
-        if root.is_dir() and _is_complete(root, **spec):  # lost a rename race to an equal dataset
-            return root
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if root.exists() and not (root.is_dir() and _looks_like_toy(root)):
+            raise DataError(f"{root} exists and is not a gcrepro toy dataset; refusing to overwrite it (choose another path)")
+        logger.info("making the toy dataset at %s (seed %d, %d train + %d val images)", root, seed, num_train, num_val)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-"))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not
+        try:
+            make_toy_dataset(tmp, **spec)
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return root
