@@ -1,0 +1,120 @@
+"""Figures of GC attention: one stage x block grid per image, the non-local panel, PNGs, a widget.
+
+Figures are made with ``matplotlib.figure.Figure`` (no pyplot state), so the
+library never pops windows; notebooks ``display()`` what they want.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from gcrepro.analysis.figures import save_figure
+from gcrepro.analysis.attention_maps import STAGE_NAMES, BlockRef, ImageMaps, query_similarity
+
+CMAP = "jet"
+ALPHA = 0.5
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    """Scale one map to 0..1 (each map has its own range; a flat map stays 0)."""
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def overlay(ax: Axes, image: np.ndarray, heat: np.ndarray, title: str) -> None:
+    ax.imshow(image)
+    ax.imshow(normalise(heat), cmap=CMAP, alpha=ALPHA, vmin=0.0, vmax=1.0)
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def attention_grid(maps: ImageMaps, *, title: str = "") -> Figure:
+    """Rows: stages c3..c5; columns: blocks. Each cell: the block's GC map over the image."""
+    stages = sorted({b.stage for b in maps.gc})
+    cols = max(sum(1 for b in maps.gc if b.stage == s) for s in stages)
+    cell = min(2.2, 36.0 / cols)
+    h, w = maps.image.shape[:2]
+    fig = Figure(figsize=(cell * cols * w / max(h, w) + 0.6, cell * len(stages) * h / max(h, w) + 0.8), dpi=100)
+    axes = fig.subplots(len(stages), cols, squeeze=False)
+    for r, stage in enumerate(stages):
+        blocks = sorted(b for b in maps.gc if b.stage == stage)
+        for c in range(cols):
+            ax = axes[r, c]
+            if c < len(blocks):
+                overlay(ax, maps.image, maps.gc[blocks[c]], blocks[c].label)
+            else:
+                ax.set_axis_off()
+    fig.suptitle(title or f"GC attention, image {maps.image_id} (each map scaled to its own range)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def nonlocal_panel(maps: ImageMaps, *, title: str = "") -> Figure:
+    """Non-local maps for several query points (marked x) beside the block's single GC map."""
+    if maps.nl is None or maps.nl_block is None:
+        raise ValueError("no non-local maps captured for this image (pass nl_block to capture_maps)")
+    q = len(maps.nl)
+    fig = Figure(figsize=(2.6 * (q + 1), 3.0), dpi=100)
+    axes = fig.subplots(1, q + 1, squeeze=False)[0]
+    for i, ((y, x), heat) in enumerate(zip(maps.nl_queries, maps.nl)):
+        overlay(axes[i], maps.image, heat, f"non-local, query {i + 1}")
+        axes[i].plot([x], [y], marker="x", color="white", markersize=10, markeredgewidth=2.5)
+        axes[i].plot([x], [y], marker="x", color="black", markersize=8, markeredgewidth=1.2)
+    overlay(axes[q], maps.image, maps.gc[maps.nl_block], f"GC (one map), {maps.nl_block.label}")
+    sim = query_similarity(maps.nl)
+    fig.suptitle(
+        title or f"{maps.nl_block.label}, image {maps.image_id}: simplified non-local maps "
+        f"(mean cosine similarity across queries {sim:.2f}) vs the GC map",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def save_all(results: list[ImageMaps], out_dir: Path, *, entry: str = "") -> list[Path]:
+    """``out_dir/gc_image<ID>.png`` per image and ``out_dir/nonlocal_image<ID>.png`` where captured."""
+    paths = []
+    for maps in results:
+        prefix = f"{entry}: " if entry else ""
+        grid = attention_grid(maps, title=f"{prefix}GC attention, image {maps.image_id} (rows c3-c5, columns blocks; each map scaled to its range)")
+        paths.append(save_figure(grid, out_dir / f"gc_image{maps.image_id}.png"))
+        if maps.nl is not None:
+            paths.append(save_figure(nonlocal_panel(maps), out_dir / f"nonlocal_image{maps.image_id}.png"))
+    return paths
+
+
+def interactive_view(results: list[ImageMaps]):
+    """An ipywidgets view: choose image, stage and block; shows that block's map over the image."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not results:
+        raise ValueError("no images to show")
+    stages = sorted({b.stage for b in results[0].gc})
+    image_w = widgets.Dropdown(options=[(f"image {m.image_id}", i) for i, m in enumerate(results)], description="image")
+    stage_w = widgets.Dropdown(options=[(STAGE_NAMES.get(s, str(s)), s) for s in stages], description="stage")
+    block_w = widgets.IntSlider(min=0, description="block")
+    out = widgets.Output()
+
+    def blocks_of(stage: int) -> list[BlockRef]:
+        return sorted(b for b in results[image_w.value].gc if b.stage == stage)
+
+    def redraw(*_):
+        blocks = blocks_of(stage_w.value)
+        block_w.max = len(blocks) - 1
+        block = blocks[min(block_w.value, len(blocks) - 1)]
+        maps = results[image_w.value]
+        fig = Figure(figsize=(5, 5 * maps.image.shape[0] / maps.image.shape[1]), dpi=100)
+        overlay(fig.subplots(), maps.image, maps.gc[block], f"image {maps.image_id}, {block.label}")
+        fig.tight_layout()
+        out.clear_output(wait=True)
+        with out:
+            display(fig)
+
+    for w in (image_w, stage_w, block_w):
+        w.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([image_w, stage_w, block_w]), out])

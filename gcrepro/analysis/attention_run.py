@@ -1,0 +1,101 @@
+"""What attention.ipynb does: load a trained entry, capture its GC maps on val images, save figures.
+
+    run = run_attention("mask_rcnn_r50_fpn_gc_r16_1x", run_dir=Path("runs/..."), num_images=2)
+    run.paths      # RUN_DIR/attention/gc_image<ID>.png (stage x block grid), nonlocal_image<ID>.png
+    run.results    # ImageMaps per image, for the interactive view
+
+GC-off entries have nothing to show: ``run.has_gc`` is False, ``run.message`` says so, and
+only ``attention/summary.json`` is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gcrepro.analysis import attention_plots, run_status
+from gcrepro.analysis.attention_maps import BlockRef, ImageMaps, capture_maps, gc_blocks, query_similarity
+
+ATTENTION_DIR = "attention"
+
+
+@dataclasses.dataclass
+class AttentionRun:
+    entry: str
+    has_gc: bool
+    message: str
+    results: list[ImageMaps] = dataclasses.field(default_factory=list)
+    paths: list[Path] = dataclasses.field(default_factory=list)
+
+
+def load_trained_model(entry: str, checkpoint: Path, *, num_classes: int, profile: str, device: str) -> nn.Module:
+    """Build ``entry`` as it was trained (profile and model overrides from the checkpoint's config) and load its weights."""
+    import gcrepro
+    from gcrepro.engine.checkpoint import load_checkpoint, model_state_from
+
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    config = state.get("config") or {}
+    trained_profile = config.get("profile", profile)
+    if trained_profile != profile:
+        raise ValueError(f"checkpoint {checkpoint} was trained with profile {trained_profile!r}, not {profile!r}: "
+                         f"set profile = {trained_profile!r}")
+    model = gcrepro.build_model(entry, num_classes=num_classes, profile=profile, **dict(config.get("model") or {}))
+    model.load_state_dict(model_state_from(state))
+    return model.to(device).eval()
+
+
+def default_nl_block(blocks: list[BlockRef]) -> BlockRef | None:
+    """The last GC block of c4 (layer3), where the paper's non-local comparison sits; else the last block."""
+    c4 = [b for b in blocks if b.stage == 3]
+    return (c4 or blocks)[-1] if blocks else None
+
+
+def run_attention(
+    entry: str,
+    *,
+    run_dir: Path,
+    checkpoint: Path | None,
+    data: str = "",
+    profile: str = "toy",
+    num_images: int = 2,
+    nl_panel: bool = True,
+    device: str = "",
+) -> AttentionRun:
+    """Capture and save the GC maps of ``num_images`` val images; see the module docstring."""
+    import gcrepro
+    from gcrepro.data import CocoInstances, resolve_data
+
+    e = gcrepro.get_entry(entry)
+    out_dir = Path(run_dir) / ATTENTION_DIR
+    if not e.gc:
+        message = f"{e.name} has no GC blocks (context: {e.context}): there is no GC attention to show."
+        run_status.write_json_atomic(out_dir / "summary.json", {"entry": e.name, "gc": False, "message": message})
+        return AttentionRun(entry=e.name, has_gc=False, message=message)
+    if num_images < 1:
+        raise ValueError(f"num_images {num_images}: expected at least 1")
+    if checkpoint is None:
+        raise FileNotFoundError(f"{e.name}: no checkpoint given")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    root, kind = resolve_data(data or None)
+    dataset = CocoInstances(root, split="val", train=False)
+    model = load_trained_model(e.name, checkpoint, num_classes=dataset.num_classes, profile=profile, device=device)
+    blocks = gc_blocks(model)
+    nl_block = default_nl_block(blocks) if nl_panel else None
+    results = []
+    for i in range(min(num_images, len(dataset))):
+        image, target = dataset[i]
+        results.append(capture_maps(model, image, image_id=int(target["image_id"]), boxes=target["boxes"], nl_block=nl_block))
+    paths = attention_plots.save_all(results, out_dir, entry=e.name)
+    summary = {
+        "entry": e.name, "gc": True, "checkpoint": str(checkpoint), "data": kind,
+        "blocks": [{"name": b.name, "stage": b.stage, "block_index": b.block_index, "label": b.label} for b in blocks],
+        "images": [m.image_id for m in results],
+        "files": [p.name for p in paths],
+        "nonlocal_block": nl_block.label if nl_block else None,
+        "nonlocal_query_similarity": {str(m.image_id): query_similarity(m.nl) for m in results if m.nl is not None},
+    }
+    run_status.write_json_atomic(out_dir / "summary.json", summary)
+    message = f"{len(blocks)} GC blocks x {len(results)} images: figures in {out_dir}"
+    return AttentionRun(entry=e.name, has_gc=True, message=message, results=results, paths=paths)

@@ -1,0 +1,80 @@
+"""Small helpers the notebooks share: run folders, checkpoints, the COCO numbers as a table.
+
+Everything a script would need lives here (or deeper in gcrepro), not in a notebook.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+# pycocotools' 12 summary numbers, in COCOeval.stats order.
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def run_dir_for(entry: str, work_dir: str) -> Path:
+    """The run folder: ``work_dir`` when given, else ``runs/<entry name>`` (gcrepro.paths.default_runs_dir())."""
+    if work_dir:
+        return Path(work_dir).expanduser().resolve()
+    import gcrepro
+    from gcrepro.paths import default_runs_dir
+
+    return default_runs_dir() / gcrepro.get_entry(entry).name
+
+
+def checkpoint_for(run_dir: Path, checkpoint: str) -> Path:
+    """``checkpoint`` when given, else the latest checkpoint train.ipynb (gcrepro.train) wrote in ``run_dir``."""
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path}: no such file")
+        return path.resolve()
+    from gcrepro.engine.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {run_dir}/checkpoints: run train.ipynb (or `gcrepro train`) for this entry "
+            "first, with the same work_dir, or set the checkpoint parameter"
+        )
+    return found
+
+
+def coco_table(metrics: dict) -> pd.DataFrame:
+    """The 12 COCO numbers of bbox and segm as a 2 x 12 table (percent)."""
+    rows = {}
+    for task in ("bbox", "segm"):
+        numbers = metrics.get(task) or {}
+        missing = [k for k in COCO_KEYS if k not in numbers]
+        if missing:
+            raise KeyError(f"metrics[{task!r}] lacks {missing}; expected the 12 COCO numbers {list(COCO_KEYS)}")
+        rows[task] = [float(numbers[k]) for k in COCO_KEYS]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(COCO_KEYS))
+
+
+def read_metrics(run_dir: Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics (written by gcrepro.evaluate / evaluate.ipynb)")
+    return json.loads(path.read_text())
+
+
+def data_label(metrics: dict) -> str:
+    """How to label numbers of this run: COCO val2017 AP, or toy AP that must never pass for COCO."""
+    if metrics.get("data") == "toy":
+        return "TOY data (synthetic shapes, toy val split): these are NOT COCO numbers"
+    return "COCO val2017"
+
+
+def cost_table(metrics: dict, entry) -> pd.DataFrame:
+    """Mem, s/iter and fps: ours (and how measured) beside the paper's where the paper has them."""
+    rows = [
+        ("Mem (GB)", metrics.get("mem_gb"), entry.paper_mem_gb, metrics.get("mem_kind", "")),
+        ("train s/iter", metrics.get("train_s_per_iter"), entry.paper_train_s_per_iter, "mean, first iterations excluded"),
+        ("inference fps", metrics.get("inf_fps"), entry.paper_inf_fps, "batch 1, whole pipeline"),
+    ]
+    frame = pd.DataFrame(rows, columns=["", "ours", "paper (V100)", "ours measured as"]).set_index("")
+    frame["ours"] = pd.to_numeric(frame["ours"], errors="coerce")
+    frame["paper (V100)"] = pd.to_numeric(frame["paper (V100)"], errors="coerce")
+    return frame

@@ -1,0 +1,214 @@
+"""The table report: our runs beside the paper's numbers.
+
+Reads every ``RUNS_DIR/<entry>/{status.json,metrics.json}``, joins them with the
+paper's table (``gcrepro.list_entries()``) and writes ``RUNS_DIR/report.csv`` and
+``RUNS_DIR/report.html`` (a pandas Styler, Δ coloured by size). Runs on the
+synthetic toy dataset are labelled "toy" in a column, in their cells and in the
+caption, and get no Δ to the paper: toy AP is not COCO AP.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import pandas as pd
+
+from gcrepro.analysis import run_status
+
+
+class EntryLike(Protocol):
+    name: str
+    row: int
+    backbone: str
+    model: str
+    norm: str
+    heads: str
+    context: str
+    schedule: str
+    group: str  # rows sharing everything but the context column share a group
+    gc: bool
+    paper_box_ap: float
+    paper_mask_ap: float
+    paper_mem_gb: float | None
+    paper_train_s_per_iter: float | None
+    paper_inf_fps: float | None
+
+
+# Machine column names (report.csv) -> display (group, name) in the HTML table.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "row": ("", "row"),
+    "entry": ("", "entry"),
+    "data": ("", "data"),
+    "state": ("", "state"),
+    "paper_box_ap": ("box AP", "paper"),
+    "box_ap": ("box AP", "ours"),
+    "delta_box_ap": ("box AP", "Δ"),
+    "paper_mask_ap": ("mask AP", "paper"),
+    "mask_ap": ("mask AP", "ours"),
+    "delta_mask_ap": ("mask AP", "Δ"),
+    "paper_gc_gain_box_ap": ("GC gain box AP", "paper"),
+    "gc_gain_box_ap": ("GC gain box AP", "ours"),
+    "paper_gc_gain_mask_ap": ("GC gain mask AP", "paper"),
+    "gc_gain_mask_ap": ("GC gain mask AP", "ours"),
+    "mem_gb": ("Mem (GB)", "ours"),
+    "paper_mem_gb": ("Mem (GB)", "paper"),
+    "mem_kind": ("Mem (GB)", "measured as"),
+    "train_s_per_iter": ("train s/iter", "ours"),
+    "paper_train_s_per_iter": ("train s/iter", "paper"),
+    "inf_fps": ("inference fps", "ours"),
+    "paper_inf_fps": ("inference fps", "paper"),
+    "hardware": ("", "hardware"),
+}
+AP_COLUMNS = ("box_ap", "mask_ap", "gc_gain_box_ap", "gc_gain_mask_ap")
+DELTA_COLUMNS = ("delta_box_ap", "delta_mask_ap")
+
+
+def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """One record per entry folder holding status.json or metrics.json: {"entry", "state", "metrics"}."""
+    runs = []
+    for run_dir in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()):
+        status = run_status.read_status(run_dir)
+        metrics_path = run_dir / "metrics.json"
+        metrics = None
+        if metrics_path.is_file():
+            try:
+                metrics = json.loads(metrics_path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{metrics_path}: not valid JSON ({exc})") from None
+        if status is None and metrics is None:
+            continue
+        state = status["state"] if status else "done"
+        name = (metrics or {}).get("entry") or (status or {}).get("entry") or run_dir.name
+        runs.append({"entry": str(name), "state": state, "metrics": metrics, "dir": str(run_dir)})
+    return runs
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _data_kind(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    kind = str(metrics.get("data", "")).lower()
+    return kind if kind in ("toy", "coco") else (kind or "unknown")
+
+
+def report_frame(runs: list[dict[str, Any]], entries: Iterable[EntryLike]) -> pd.DataFrame:
+    """The report table with machine column names (see COLUMNS), one row per run, in table order."""
+    by_name = {e.name: e for e in entries}
+    baselines = {e.group: e for e in by_name.values() if not e.gc}
+    ours = {r["entry"]: r for r in runs}
+    rows = []
+    for run in runs:
+        e = by_name.get(run["entry"])
+        m = run["metrics"] or {}
+        data = _data_kind(run["metrics"])
+        box, mask = _num((m.get("bbox") or {}).get("AP")), _num((m.get("segm") or {}).get("AP"))
+        row = {
+            "row": e.row if e else math.nan, "entry": run["entry"], "data": data, "state": run["state"],
+            "paper_box_ap": _num(e.paper_box_ap) if e else math.nan,
+            "paper_mask_ap": _num(e.paper_mask_ap) if e else math.nan,
+            "box_ap": box, "mask_ap": mask,
+            "mem_gb": _num(m.get("mem_gb")), "paper_mem_gb": _num(e.paper_mem_gb) if e else math.nan,
+            "mem_kind": str(m.get("mem_kind", "")),
+            "train_s_per_iter": _num(m.get("train_s_per_iter")),
+            "paper_train_s_per_iter": _num(e.paper_train_s_per_iter) if e else math.nan,
+            "inf_fps": _num(m.get("inf_fps")), "paper_inf_fps": _num(e.paper_inf_fps) if e else math.nan,
+            "hardware": str(m.get("hardware", "")),
+        }
+        # Δ to the paper only for COCO runs: a toy AP minus a COCO AP means nothing.
+        coco = data == "coco"
+        row["delta_box_ap"] = box - row["paper_box_ap"] if coco else math.nan
+        row["delta_mask_ap"] = mask - row["paper_mask_ap"] if coco else math.nan
+        base = baselines.get(e.group) if e else None
+        gains = dict.fromkeys(("paper_gc_gain_box_ap", "paper_gc_gain_mask_ap", "gc_gain_box_ap", "gc_gain_mask_ap"), math.nan)
+        if base is not None and e.gc:
+            gains["paper_gc_gain_box_ap"] = _num(e.paper_box_ap) - _num(base.paper_box_ap)
+            gains["paper_gc_gain_mask_ap"] = _num(e.paper_mask_ap) - _num(base.paper_mask_ap)
+            base_run = ours.get(base.name)
+            # Our gain needs our baseline, measured on the same kind of data.
+            if base_run and base_run["metrics"] and _data_kind(base_run["metrics"]) == data:
+                bm = base_run["metrics"]
+                gains["gc_gain_box_ap"] = box - _num((bm.get("bbox") or {}).get("AP"))
+                gains["gc_gain_mask_ap"] = mask - _num((bm.get("segm") or {}).get("AP"))
+        row.update(gains)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.sort_values(["row", "entry"], na_position="last").reset_index(drop=True)
+
+
+def caption(frame: pd.DataFrame) -> str:
+    n_toy = int((frame["data"] == "toy").sum())
+    n_coco = int((frame["data"] == "coco").sum())
+    parts = ["Paper: COCO val2017 numbers from the GCNet table (Cao et al., 2019)."]
+    if n_coco:
+        parts.append(f"{n_coco} run(s) on COCO: 'ours' is COCO val2017 AP and Δ = ours - paper.")
+    if n_toy:
+        parts.append(
+            f"{n_toy} run(s) on the synthetic TOY dataset: their AP (marked 'toy') is toy-val AP, "
+            "NOT COCO AP, so they get no Δ to the paper; their GC gain compares toy runs with the toy baseline."
+        )
+    parts.append("GC gain = entry minus the GC-off baseline of its group (same backbone, detector, norm, heads, schedule).")
+    parts.append("Mem, s/iter and fps are ours as measured on the run's hardware (see 'measured as'), paper values from V100s.")
+    return " ".join(parts)
+
+
+def _delta_css(value: Any) -> str:
+    """Green for gains, red for losses, stronger with size (saturating at 3 AP)."""
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return ""
+    strength = min(abs(value) / 3.0, 1.0)
+    rgb = (46, 160, 67) if value >= 0 else (218, 54, 51)
+    return f"background-color: rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {0.15 + 0.6 * strength:.2f})"
+
+
+def style_report(frame: pd.DataFrame) -> "pd.io.formats.style.Styler":
+    """A Styler for JupyterLab and report.html: grouped headers, Δ coloured, toy cells marked."""
+    shown = frame.copy()
+    shown.columns = pd.MultiIndex.from_tuples([COLUMNS[c] for c in frame.columns])
+    styler = shown.style.hide(axis="index")
+    styler = styler.format(precision=1, na_rep="—")
+    for col in ("train_s_per_iter", "paper_train_s_per_iter"):
+        styler = styler.format("{:.3f}", subset=[COLUMNS[col]], na_rep="—")
+    styler = styler.format(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{int(v)}",
+                           subset=[COLUMNS["row"]])
+    toy = frame.index[frame["data"] == "toy"]
+    if len(toy):
+        styler = styler.format(lambda v: "—" if math.isnan(v) else f"{v:.1f} toy",
+                               subset=(toy, [COLUMNS[c] for c in AP_COLUMNS]))
+    styler = styler.map(_delta_css, subset=[COLUMNS[c] for c in DELTA_COLUMNS])
+    styler = styler.set_caption(caption(frame))
+    styler = styler.set_table_styles([
+        {"selector": "caption", "props": "caption-side: top; text-align: left; padding: 4px 0 8px; max-width: 90em"},
+        {"selector": "th", "props": "text-align: center; padding: 2px 8px"},
+        {"selector": "td", "props": "text-align: right; padding: 2px 8px; font-variant-numeric: tabular-nums"},
+    ])
+    return styler
+
+
+def write_report(runs_dir: Path, *, entries: Iterable[EntryLike] | None = None) -> tuple[pd.DataFrame, Path, Path]:
+    """Build the report over ``runs_dir``; write report.csv and report.html there (atomically)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"runs directory {runs_dir} does not exist")
+    if entries is None:
+        import gcrepro
+
+        entries = gcrepro.list_entries()
+    frame = report_frame(load_runs(runs_dir), entries)
+    csv_path, html_path = runs_dir / "report.csv", runs_dir / "report.html"
+    run_status.write_text_atomic(csv_path, frame.to_csv(index=False, float_format="%.4g"))
+    title = "gcrepro: GCNet table, reproduced" + (" (TOY data)" if (frame["data"] == "toy").any() else "")
+    page = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:2em} table{border-collapse:collapse}"
+        " tr:nth-child(even){background:#f6f8fa}</style></head><body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{style_report(frame).to_html()}\n</body></html>\n"
+    )
+    run_status.write_text_atomic(html_path, page)
+    return frame, csv_path, html_path

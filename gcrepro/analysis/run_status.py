@@ -1,0 +1,72 @@
+"""One entry's run folder: ``status.json`` and ``params.yaml``, written atomically.
+
+status.json::
+
+    {"entry": NAME, "state": "running" | "done" | "failed",
+     "started": ISO time, "finished": ISO time | null,
+     "timings": {"train": s, "evaluate": s, "attention": s},
+     "error": null | "RuntimeError: ...", "failed_notebook": null | PATH,
+     "traceback": null | [lines]}
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATUS_FILE = "status.json"
+PARAMS_FILE = "params.yaml"
+STATES = ("running", "done", "failed")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_status(run_dir: Path) -> dict | None:
+    """The entry's status, or None when it never started (or the file is unreadable)."""
+    path = run_dir / STATUS_FILE
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return status if isinstance(status, dict) and status.get("state") in STATES else None
+
+
+def write_status(run_dir: Path, status: dict) -> None:
+    if status.get("state") not in STATES:
+        raise ValueError(f"{run_dir / STATUS_FILE}: state {status.get('state')!r}, expected one of {STATES}")
+    write_json_atomic(run_dir / STATUS_FILE, status)
+
+
+def read_params(run_dir: Path) -> dict | None:
+    try:
+        return yaml.safe_load((run_dir / PARAMS_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def write_params(run_dir: Path, params: dict) -> None:
+    write_text_atomic(run_dir / PARAMS_FILE, yaml.safe_dump(params, sort_keys=False))

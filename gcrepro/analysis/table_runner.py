@@ -1,0 +1,276 @@
+"""Run table entries headlessly: train -> evaluate -> attention notebooks per entry.
+
+For each entry the notebooks are executed with papermill into ``RUNS_DIR/<entry>/``
+(beside what they write: params.yaml, metrics.json, COCO results, checkpoints,
+attention/ PNGs) and ``status.json`` records running/done/failed, timings and the
+error. Every parameter is checked against the notebooks' own declarations before
+anything runs; a failing entry keeps its error and its failing notebook while the
+others still run; completed entries are skipped unless ``force``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from gcrepro.analysis import notebook_params as nbp
+from gcrepro.analysis import run_status
+
+KERNEL_NAME = "python3"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryPlan:
+    """What one entry will run: the run folder and each notebook's parameters."""
+
+    entry: str
+    run_dir: Path
+    params: dict[str, dict[str, Any]]  # notebook name -> parameters
+
+
+def base_params(entry: str, run_dir: Path, *, data: str, profile: str, gpus: int) -> dict[str, dict[str, Any]]:
+    """The parameters the runner itself passes to each notebook (the rest keep their defaults)."""
+    common = {"entry": entry, "data": data, "work_dir": str(run_dir), "profile": profile}
+    return {
+        # resume: a failed entry's re-run continues its training (a finished training returns at once).
+        "train": {**common, "gpus": gpus, "resume": True},
+        "evaluate": {**common, "gpus": gpus},
+        "attention": {**common, "interactive": False},
+    }
+
+
+# Names the runner sets from its own options; `--set` may not set them.
+RESERVED = {"entry": "--entries/--rows", "data": "--data", "work_dir": "--runs-dir", "profile": "--profile",
+            "gpus": "--gpus", "interactive": "the runner (always False headless)",
+            "resume": "the runner (a failed entry resumes; --force starts afresh)"}
+
+
+def plan_table(
+    entries: list[str],
+    *,
+    runs_dir: Path,
+    data: str = "",
+    profile: str = "toy",
+    gpus: int = 0,
+    sets: list[tuple[str, str]] = (),
+    notebooks: Path | None = None,
+) -> list[EntryPlan]:
+    """Check every parameter of every entry against the notebooks; raise ParameterError before anything runs."""
+    if profile not in ("toy", "paper"):
+        raise nbp.ParameterError(f"--profile {profile!r}: expected 'toy' or 'paper'")
+    if gpus < 0:
+        raise nbp.ParameterError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs")
+    if not entries:
+        raise nbp.ParameterError("no entries selected")
+    if len(set(entries)) != len(entries):
+        raise nbp.ParameterError(f"entries listed twice: {sorted({e for e in entries if entries.count(e) > 1})}")
+    declared = {nb: nbp.declared_params(nbp.notebook_path(nb, notebooks)) for nb in nbp.ENTRY_NOTEBOOKS}
+    runs_dir = Path(runs_dir).resolve()
+    plans = []
+    for entry in entries:
+        run_dir = runs_dir / entry
+        base = base_params(entry, run_dir, data=data, profile=profile, gpus=gpus)
+        params = nbp.apply_sets(base, list(sets), declared, reserved=RESERVED)
+        _check_overrides(params)
+        plans.append(EntryPlan(entry=entry, run_dir=run_dir, params=params))
+    return plans
+
+
+def _check_overrides(params: dict[str, dict[str, Any]]) -> None:
+    """The train notebook's ``overrides`` go to gcrepro.train: check their keys and values with the engine's parser."""
+    overrides = params.get("train", {}).get("overrides")
+    if not overrides:
+        return
+    from gcrepro.engine.config import ConfigError, parse_overrides
+
+    try:
+        parse_overrides(overrides)
+    except ConfigError as exc:
+        raise nbp.ParameterError(f"train.ipynb overrides: {exc}") from None
+
+
+def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
+    """The papermill kernel must run this Python (the one with gcrepro installed)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise RuntimeError(
+            f"no Jupyter kernel {kernel_name!r}: run `{sys.executable} -m ipykernel install --sys-prefix`"
+        ) from None
+    exe = spec.argv[0] if spec.argv else ""
+    # jupyter_client runs a spec whose argv[0] is plain "python" with sys.executable.
+    if exe not in ("python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"):
+        if Path(exe).resolve() != Path(sys.executable).resolve():
+            raise RuntimeError(
+                f"Jupyter kernel {kernel_name!r} ({spec.resource_dir}) runs {exe}, not this Python "
+                f"({sys.executable}); remove that kernel spec or run `{sys.executable} -m ipykernel install --sys-prefix`"
+            )
+
+
+def _error_of(exc: BaseException) -> tuple[str, list[str]]:
+    """A one-line error and the traceback lines (ANSI colours removed)."""
+    import papermill.exceptions as pme
+
+    if isinstance(exc, pme.PapermillExecutionError):
+        lines = [_ANSI.sub("", line) for tb in exc.traceback for line in tb.splitlines()]
+        return f"{exc.ename}: {exc.evalue}".strip(), lines
+    name = type(exc).__name__
+    if name == "DeadKernelError":
+        return f"the kernel died ({exc}); out of memory?", []
+    return f"{name}: {exc}", []
+
+
+def run_entry(
+    plan: EntryPlan,
+    *,
+    fresh: bool,
+    notebooks: Path | None = None,
+    echo: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Execute train -> evaluate -> attention for one entry; return its final status (never raises for a notebook failure).
+
+    ``fresh`` empties the run folder first (checkpoints included); otherwise training resumes
+    from the folder's latest checkpoint, if any.
+    """
+    import papermill
+
+    if fresh and plan.run_dir.exists():
+        shutil.rmtree(plan.run_dir)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"entry": plan.entry, "state": "running", "started": run_status.now_iso(), "finished": None,
+              "timings": {}, "error": None, "failed_notebook": None, "traceback": None}
+    run_status.write_params(plan.run_dir, {"entry": plan.entry, "notebooks": plan.params})
+    run_status.write_status(plan.run_dir, status)
+    for nb in nbp.ENTRY_NOTEBOOKS:
+        output = plan.run_dir / f"{nb}.ipynb"
+        echo(f" {nb}")
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(nbp.notebook_path(nb, notebooks)), str(output), parameters=plan.params[nb],
+                kernel_name=KERNEL_NAME, progress_bar=False, log_output=False, cwd=str(plan.run_dir),
+            )
+        except KeyboardInterrupt:
+            status.update(state="failed", error="interrupted", failed_notebook=str(output), finished=run_status.now_iso())
+            run_status.write_status(plan.run_dir, status)
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate any failure to this entry
+            status["timings"][nb] = round(time.perf_counter() - t0, 1)
+            error, tb = _error_of(exc)
+            status.update(state="failed", error=error, failed_notebook=str(output), traceback=tb or None,
+                          finished=run_status.now_iso())
+            run_status.write_status(plan.run_dir, status)
+            echo(f" {status['timings'][nb]:.0f}s")
+            return status
+        status["timings"][nb] = round(time.perf_counter() - t0, 1)
+        echo(f" {status['timings'][nb]:.0f}s")
+        run_status.write_status(plan.run_dir, status)
+    status.update(state="done", finished=run_status.now_iso())
+    run_status.write_status(plan.run_dir, status)
+    return status
+
+
+def _same_params(plan: EntryPlan) -> bool:
+    return (run_status.read_params(plan.run_dir) or {}).get("notebooks") == plan.params
+
+
+def completed(plan: EntryPlan) -> tuple[bool, str]:
+    """(skip?, why): done with the same parameters -> skip; done with others -> keep it, say so."""
+    status = run_status.read_status(plan.run_dir)
+    if status is None or status["state"] != "done":
+        return False, ""
+    previous = (run_status.read_params(plan.run_dir) or {}).get("notebooks")
+    if previous == plan.params:
+        return True, "done earlier (--force re-runs)"
+    changed = sorted(
+        f"{nb}.{k}" for nb in plan.params for k in set(plan.params[nb]) | set((previous or {}).get(nb, {}))
+        if plan.params[nb].get(k) != (previous or {}).get(nb, {}).get(k)
+    )
+    return True, f"done earlier with other parameters ({', '.join(changed) or 'params.yaml unreadable'}); --force re-runs it"
+
+
+def _summary(run_dir: Path) -> str:
+    import json
+
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+        tag = " (toy data)" if m.get("data") == "toy" else ""
+        return f"box AP {m['bbox']['AP']:.1f}, mask AP {m['segm']['AP']:.1f}{tag}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no metrics.json"
+
+
+def run_table(
+    plans: list[EntryPlan],
+    *,
+    force: bool = False,
+    notebooks: Path | None = None,
+    stream: TextIO | None = None,
+) -> list[dict]:
+    """Run planned entries one after another; one progress line per entry. Returns each entry's status."""
+    stream = stream or sys.stdout
+
+    def echo(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    results = []
+    for i, plan in enumerate(plans, 1):
+        echo(f"[{i}/{len(plans)}] {plan.entry}:")
+        skip, why = (False, "") if force else completed(plan)
+        if skip:
+            echo(f" skipped, {why}\n")
+            results.append(run_status.read_status(plan.run_dir))
+            continue
+        # A failed or interrupted attempt with the same parameters resumes; anything else starts afresh.
+        fresh = force or not (plan.run_dir / run_status.STATUS_FILE).exists() or not _same_params(plan)
+        if fresh and plan.run_dir.exists() and any(plan.run_dir.iterdir()):
+            echo(" (previous results cleared)")
+        elif not fresh:
+            echo(" (resuming)")
+        t0 = time.perf_counter()
+        status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo)
+        took = time.perf_counter() - t0
+        if status["state"] == "done":
+            echo(f" -> done in {took:.0f}s: {_summary(plan.run_dir)}\n")
+        else:
+            echo(f" -> FAILED in {took:.0f}s: {status['error']} (see {status['failed_notebook']})\n")
+        results.append(status)
+    return results
+
+
+def run_report_notebook(runs_dir: Path, *, notebooks: Path | None = None) -> Path:
+    """Execute report.ipynb over ``runs_dir`` into ``runs_dir/report.ipynb`` (it writes report.html and report.csv)."""
+    import papermill
+
+    runs_dir = Path(runs_dir).resolve()
+    path = nbp.notebook_path(nbp.REPORT_NOTEBOOK, notebooks)
+    declared = nbp.declared_params(path)
+    params = nbp.apply_sets({"report": {"runs_dir": str(runs_dir)}}, [], {"report": declared})["report"]
+    output = runs_dir / "report.ipynb"
+    papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=KERNEL_NAME,
+                               progress_bar=False, log_output=False, cwd=str(runs_dir))
+    return output
+
+
+
+def select_entries(entries: str | None, rows: str | None) -> list[str]:
+    """Entry names from ``--entries NAME[,NAME...]|all`` and/or ``--rows 1-3,7``, in table order."""
+    from gcrepro import entries as table
+
+    if entries is None and rows is None:
+        raise nbp.ParameterError("choose entries: --entries NAME[,NAME...]|all or --rows 1-3,7 (see `gcrepro table list`)")
+    if entries is not None and entries.strip() == "all":
+        return [e.name for e in table.list_entries()]
+    try:
+        return [e.name for e in table.select_entries(names=entries or [], rows=rows or [])]
+    except (LookupError, ValueError) as exc:
+        option = "--rows" if rows and "row" in str(exc) else "--entries"
+        raise nbp.ParameterError(f"{option}: {exc}") from None
