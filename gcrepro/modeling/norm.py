@@ -39,6 +39,11 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, num_features: int, eps: float = BN_EPS) -> None:
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=True)
+        self.training = False
+
+    def train(self, mode: bool = True) -> "FrozenStatsBatchNorm2d":
+        # Always behaves as in eval mode, so it always says so (``.training`` stays False).
+        return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
         # x [N, C, H, W] -> [N, C, H, W]
