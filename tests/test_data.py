@@ -163,9 +163,27 @@ def test_dataset_outputs_and_label_mapping(toy):
         assert target["labels"].dtype == torch.int64 and target["masks"].dtype == torch.uint8
         assert target["masks"].shape == (k, info["height"], info["width"])
         assert [ds.label_to_cat_id[int(l)] for l in target["labels"]] == [a["category_id"] for a in anns]
-        x, y, w, h = anns[0]["bbox"] if anns else (0, 0, 0, 0)
-        if anns:
-            assert target["boxes"][0].tolist() == [x, y, x + w, y + h]
+        for box, mask, ann in zip(target["boxes"], target["masks"], anns):
+            x, y, w, h = ann["bbox"]
+            assert box.tolist() == [x, y, x + w, y + h]
+            assert torch.equal(mask, torch.from_numpy(ds.coco.annToMask(ann)))
+
+
+def test_decode_segmentation_polygon_and_both_rle_forms():
+    from pycocotools import mask as mask_utils
+
+    from gcrepro.data.coco import decode_segmentation
+
+    polygon = [[2.0, 1.0, 12.5, 3.0, 6.0, 9.5], [14.0, 2.0, 18.0, 2.0, 18.0, 8.0, 14.0, 8.0]]
+    expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, 11, 20)))
+    assert expected.sum() > 20 and np.array_equal(decode_segmentation(polygon, 11, 20), expected)
+    compressed = mask_utils.encode(np.asfortranarray(expected))
+    compressed["counts"] = compressed["counts"].decode("ascii")  # as stored in JSON
+    assert np.array_equal(decode_segmentation(compressed, 11, 20), expected)
+    column_major = expected.flatten(order="F")  # uncompressed RLE: run lengths, starting with zeros
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], column_major, [1 - column_major[-1]]])))
+    counts = np.diff(np.concatenate([[0], changes])).tolist()
+    assert np.array_equal(decode_segmentation({"size": [11, 20], "counts": counts}, 11, 20), expected)
 
 
 def _mask_box(mask: torch.Tensor) -> list[float]:

@@ -32,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from gcrepro.data.errors import DataError
+from gcrepro.data.serialized import SerializedList
 from gcrepro.data.transforms import flip_decision, hflip
 
 logger = logging.getLogger("gcrepro.data")
@@ -50,6 +52,18 @@ def annotation_file(root: Path, split: str) -> Path:
 
 def image_folder(root: Path, split: str) -> Path:
     return Path(root) / f"{split}2017"
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) -> uint8 mask [H, W]
+    (what ``COCO.annToMask`` does, without needing the COCO object)."""
+    if isinstance(segmentation, list):  # polygons: rasterise each, then union
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:  # compressed RLE
+        rle = segmentation
+    return mask_utils.decode(rle)
 
 
 def load_coco(ann_file: Path | str) -> COCO:
@@ -121,14 +135,22 @@ class CocoInstances(Dataset):
         self.class_names: list[str] = ["__background__"] + [self.coco.cats[c]["name"] for c in cat_ids]
         self.num_classes = len(cat_ids) + 1  # background included
 
-        self._anns: dict[int, list[dict]] = {}  # image id -> usable annotations
-        self.ids: list[int] = []  # dataset index -> COCO image id
+        records = []  # one per dataset item: image info + usable annotations, plain data only
         for image_id in sorted(self.coco.imgs):
             anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
             if self.train and not anns:
                 continue  # as upstream: training skips images without (usable) annotations
-            self._anns[image_id] = anns
-            self.ids.append(image_id)
+            info = self.coco.imgs[image_id]
+            records.append({
+                "id": image_id,
+                "file_name": info["file_name"],
+                "height": info["height"],
+                "width": info["width"],
+                "anns": [{k: a[k] for k in ("id", "bbox", "category_id", "segmentation")} for a in anns],
+            })
+        self.ids: list[int] = [r["id"] for r in records]  # dataset index -> COCO image id
+        self._aspect_ratios = [r["width"] / r["height"] for r in records]
+        self._records = SerializedList(records)  # workers read this, never self.coco (see serialized.py)
 
     def _usable(self, ann: dict) -> bool:
         if ann.get("category_id") not in self.cat_id_to_label:
@@ -159,11 +181,11 @@ class CocoInstances(Dataset):
 
     def aspect_ratios(self) -> list[float]:
         """Width / height of every item, from the annotation file (no image decoding)."""
-        return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]
+        return list(self._aspect_ratios)
 
-    def _read_image(self, image_id: int) -> np.ndarray:
+    def _read_image(self, info: dict) -> np.ndarray:
         """RGB uint8 [H, W, 3] (Pillow: torchvision.io's decoders are deprecated since 0.29)."""
-        info = self.coco.imgs[image_id]
+        image_id = info["id"]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise DataError(f"image file missing: {path} (image id {image_id}, listed in {self.ann_file})")
@@ -180,10 +202,10 @@ class CocoInstances(Dataset):
         return pixels
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        image_id = self.ids[index]
-        pixels = self._read_image(image_id)  # uint8 [H, W, 3]
+        record = self._records[index]
+        image_id, anns = record["id"], record["anns"]
+        pixels = self._read_image(record)  # uint8 [H, W, 3]
         height, width = pixels.shape[:2]
-        anns = self._anns[image_id]
 
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)  # [K, 4] xywh
         boxes[:, 2:] += boxes[:, :2]  # -> xyxy
@@ -191,7 +213,7 @@ class CocoInstances(Dataset):
         np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
         labels = [self.cat_id_to_label[a["category_id"]] for a in anns]
         if anns:
-            masks = np.stack([self.coco.annToMask(a) for a in anns])  # uint8 [K, H, W]
+            masks = np.stack([decode_segmentation(a["segmentation"], height, width) for a in anns])  # uint8 [K, H, W]
         else:
             masks = np.zeros((0, height, width), dtype=np.uint8)
         if self.train and flip_decision(seed=self.seed, epoch=self.epoch, index=index, prob=self.flip_prob):
