@@ -199,6 +199,24 @@ def test_bad_build_arguments() -> None:
             build_resnet(**(base | change))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("norm", ["fixbn", "syncbn", "bn"])
+def test_cuda_train_step_every_norm(norm: str, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(norm_module.SyncBatchNorm, "_warned", False)
+    model = toy(norm=norm, dcn=C3_C5).cuda().train()
+    _randomise_gc(model)
+    with caplog.at_level(logging.WARNING, logger="gcrepro"):
+        out = model(torch.randn(2, 3, 64, 64, device="cuda"))
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert model.layer3[0].context_block.conv_mask.weight.grad.abs().sum() > 0
+    warned = [r.getMessage() for r in caplog.records if "SyncBN" in r.getMessage()]
+    assert len(warned) == (1 if norm == "syncbn" else 0)  # CUDA, but no process group
+    if norm == "syncbn":
+        assert "without a process group" in warned[0]
+
+
 # --- DCN ---------------------------------------------------------------------------------------
 
 

@@ -152,7 +152,9 @@ def test_auto_picks_fused_for_the_paper_block_and_logs_once(
         block = ContextBlock(16, 1 / 4)  # att + channel_add, impl="auto"
         block(x)
         block.forward_residual(x, x)
-    assert calls == [("gc_context", "fused"), ("channel_add", "fused")] * 2
+    # "auto" reaches the ops, which run their kernels unless an input is one they do not take
+    assert calls == [("gc_context", "auto"), ("channel_add", "auto")] * 2
+    assert block.resolve_impl(x.device) == "fused"
     assert [r.getMessage() for r in caplog.records].count("GC block runs the fused implementation on cpu") == 1
 
     calls.clear()
@@ -165,3 +167,33 @@ def test_auto_without_build_runs_reference(monkeypatch: pytest.MonkeyPatch) -> N
     calls = _spy_ops(monkeypatch, available=False)
     ContextBlock(16, 1 / 4)(torch.randn(1, 16, 3, 3))
     assert calls == [("gc_context", "reference"), ("channel_add", "reference")]
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("residual", [False, True])
+def test_fused_block_equals_reference(device: str, residual: bool) -> None:
+    if not gcrepro.ops.fused_available(device):
+        pytest.skip(f"compiled GC op not built for {device} (pip install --no-build-isolation -e .)")
+    torch.manual_seed(0)
+    ref = ContextBlock(64, 1 / 4, impl="reference").to(device)
+    _randomise(ref, seed=4)
+    fused = ContextBlock(64, 1 / 4, impl="fused").to(device)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 64, 9, 7, device=device)
+    identity = torch.randn(2, 64, 9, 7, device=device)
+    outs, grads = [], []
+    for block in (ref, fused):
+        xi = x.clone().requires_grad_(True)
+        out = block.forward_residual(xi, identity) if residual else block(xi)
+        out.backward(torch.ones_like(out))
+        outs.append(out)
+        grads.append([xi.grad] + [p.grad for p in block.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for g_fused, g_ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-4, atol=1e-4)

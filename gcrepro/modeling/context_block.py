@@ -147,11 +147,13 @@ class ContextBlock(nn.Module):
         return "fused" if available and paper_block else "reference"
 
     def _fuse(self, x: Tensor, identity: Tensor | None, relu: bool) -> Tensor:
-        impl = self.resolve_impl(x.device)
-        key = (impl, x.device.type)
-        if key not in _logged_impls:
+        resolved = self.resolve_impl(x.device)
+        key = (resolved, x.device.type)
+        if key not in _logged_impls and not torch.compiler.is_compiling():
             _logged_impls.add(key)
-            logger.info("GC block runs the %s implementation on %s", impl, x.device.type)
+            logger.info("GC block runs the %s implementation on %s", resolved, x.device.type)
+        # Under "auto" the ops still get "auto", so inputs the kernels do not take fall back per call.
+        impl = "auto" if resolved == "fused" and self.impl == "auto" else resolved
 
         context = self._pool(x, impl)  # [N, C, 1, 1]
         out = x  # [N, C, H, W]
