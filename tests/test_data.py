@@ -114,7 +114,11 @@ def test_ensure_toy_reuses_rebuilds_and_refuses_foreign_folder(tmp_path):
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(DataError, match="not a gcrepro toy dataset"):
         small(foreign)
-    assert (foreign / "notes.txt").is_file()
+    with pytest.raises(DataError, match="not a gcrepro toy dataset"):
+        make_toy_dataset(foreign, num_train=2, num_val=1)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    make_toy_dataset(root, seed=1, num_train=2, num_val=1)  # rewriting a toy folder leaves no stale image
+    assert len(list((root / "train2017").iterdir())) == 2
 
 
 def _ensure_small(path: str) -> str:
