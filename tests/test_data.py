@@ -341,6 +341,13 @@ def test_missing_annotation_file_and_bad_structure(tmp_path):
     ann_file.write_text('{"images": []}')
     with pytest.raises(DataError, match="missing list 'annotations'"):
         CocoInstances(tmp_path, "train")
+    no_mask = {"id": 4, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 0}
+    _write_coco(tmp_path, [{"id": 1, "file_name": "x.png", "width": 9, "height": 9}], [no_mask])
+    with pytest.raises(DataError, match="annotation 4 has no 'segmentation'"):
+        CocoInstances(tmp_path, "train")
+    _write_coco(tmp_path, [{"id": 1, "file_name": "x.png", "width": 9}], [dict(no_mask, segmentation=[[0, 0, 5, 0, 5, 5]])])
+    with pytest.raises(DataError, match="image 1 has no 'height'"):
+        CocoInstances(tmp_path, "train")
 
 
 # --- resolve_data ------------------------------------------------------------------------------

@@ -141,6 +141,9 @@ class CocoInstances(Dataset):
             if self.train and not anns:
                 continue  # as upstream: training skips images without (usable) annotations
             info = self.coco.imgs[image_id]
+            missing = [k for k in ("file_name", "height", "width") if k not in info]
+            if missing:
+                raise DataError(f"{self.ann_file}: image {image_id} has no {missing[0]!r} (COCO 'images' entries need file_name, height, width)")
             records.append({
                 "id": image_id,
                 "file_name": info["file_name"],
@@ -163,6 +166,8 @@ class CocoInstances(Dataset):
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise DataError(f"{self.ann_file}: annotation {ann.get('id')} has bbox {bbox!r}, expected [x, y, w, h]")
+        if "segmentation" not in ann:
+            raise DataError(f"{self.ann_file}: annotation {ann.get('id')} has no 'segmentation' (Mask R-CNN needs instance masks)")
         _, _, w, h = bbox
         if w < 1 or h < 1:
             logger.warning(
