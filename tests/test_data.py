@@ -292,6 +292,14 @@ def test_distributed_sampler_disjoint_covering_deterministic(n, batch_size, worl
     assert list(again) == again.epoch_batches()[2:]  # resume mid-epoch
 
 
+def test_ranks_together_take_the_single_process_batches():
+    """World W x batch B and 1 process x batch W*B see the same global batches (distributed equivalence)."""
+    groups = aspect_groups([1.5 if i % 3 else 0.75 for i in range(30)])
+    single = GroupedBatchSampler(groups, batch_size=4, seed=3).epoch_batches()
+    ranks = [GroupedBatchSampler(groups, batch_size=2, num_replicas=2, rank=r, seed=3).epoch_batches() for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == single
+
+
 def test_eval_loader_shards_cover_every_image_once(toy):
     ds = CocoInstances(toy, "val", train=False)
     seen = []
