@@ -12,7 +12,9 @@ padding to a common batch shape wastes little. Per epoch, with a generator seede
 
 So an epoch is deterministic for a seed, every rank gets the same number of batches
 (``len(sampler)`` = sum over groups of ceil(n_group / (batch_size * num_replicas))), and the ranks'
-slots are disjoint and cover every image (an image repeats only as padding).
+slots are disjoint and cover every image (an image repeats only as padding). Since the blocks do
+not depend on how they are split, R ranks with batch B take, together, exactly the batches of one
+process with batch R * B (the distributed-equivalence property).
 """
 from __future__ import annotations
 
