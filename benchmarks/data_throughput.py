@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         "toy": {"num_train": args.num_train, "num_val": args.num_val, "generation_s": generation_s},
         "loader": {"batch_size": args.batch_size, "epochs": args.epochs, "runs": runs},
         "hardware": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor()},
+        "load_average_1min": os.getloadavg()[0],  # > cpu_count: other work shared the CPUs (noisy numbers)
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
+    print(f"load average (1 min) {result['load_average_1min']:.1f} on {os.cpu_count()} CPUs")
     print(f"toy set generation ({args.num_train} train + {args.num_val} val images): {generation_s:.2f} s")
     print(f"training loader, batch {args.batch_size}, {args.epochs} epochs, loading only:")
     print(f"{'workers':>8} {'images':>8} {'seconds':>8} {'images/s':>9}")
