@@ -38,7 +38,8 @@ def loss_curve(frame: pd.DataFrame, *, title: str = "") -> Figure:
         ax_loss.plot(frame["iteration"], frame[col], linewidth=1, label=col)
     if "loss" in frame:
         ax_loss.plot(frame["iteration"], frame["loss"], color="black", linewidth=2, label="loss (total)")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set_ylabel("loss (log scale)")
+    ax_loss.set_yscale("log")
     ax_loss.legend(fontsize=7, ncol=2)
     ax_loss.grid(alpha=0.3)
     if "lr" in frame:

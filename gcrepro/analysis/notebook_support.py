@@ -5,6 +5,7 @@ Everything a script would need lives here (or deeper in gcrepro), not in a noteb
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -42,14 +43,15 @@ def checkpoint_for(run_dir: Path, checkpoint: str) -> Path:
 
 
 def coco_table(metrics: dict) -> pd.DataFrame:
-    """The 12 COCO numbers of bbox and segm as a 2 x 12 table (percent)."""
+    """The 12 COCO numbers of bbox and segm as a 2 x 12 table (percent; NaN where COCOeval has no ground truth)."""
     rows = {}
     for task in ("bbox", "segm"):
         numbers = metrics.get(task) or {}
         missing = [k for k in COCO_KEYS if k not in numbers]
         if missing:
             raise KeyError(f"metrics[{task!r}] lacks {missing}; expected the 12 COCO numbers {list(COCO_KEYS)}")
-        rows[task] = [float(numbers[k]) for k in COCO_KEYS]
+        # None: pycocotools' -1, no ground truth in that area range.
+        rows[task] = [math.nan if numbers[k] is None else float(numbers[k]) for k in COCO_KEYS]
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(COCO_KEYS))
 
 
@@ -78,3 +80,14 @@ def cost_table(metrics: dict, entry) -> pd.DataFrame:
     frame["ours"] = pd.to_numeric(frame["ours"], errors="coerce")
     frame["paper (V100)"] = pd.to_numeric(frame["paper (V100)"], errors="coerce")
     return frame
+
+
+def hardware_text(hardware) -> str:
+    """metrics.json's ``hardware`` (a dict from the engine, or a string) in a few words."""
+    if not isinstance(hardware, dict):
+        return str(hardware or "")
+    device = str(hardware.get("device", "?"))
+    name = hardware.get("gpu") or hardware.get("gpu_name") or hardware.get("cpu") or ""
+    count = hardware.get("world_size") or 1
+    cores = f", {hardware['cpu_count']} cores" if device == "cpu" and hardware.get("cpu_count") else ""
+    return f"{count} x {device} {name}{cores}".replace("  ", " ").strip()

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Protocol
 import pandas as pd
 
 from gcrepro.analysis import run_status
+from gcrepro.analysis.notebook_support import hardware_text
 
 
 class EntryLike(Protocol):
@@ -118,7 +119,7 @@ def report_frame(runs: list[dict[str, Any]], entries: Iterable[EntryLike]) -> pd
             "train_s_per_iter": _num(m.get("train_s_per_iter")),
             "paper_train_s_per_iter": _num(e.paper_train_s_per_iter) if e else math.nan,
             "inf_fps": _num(m.get("inf_fps")), "paper_inf_fps": _num(e.paper_inf_fps) if e else math.nan,
-            "hardware": str(m.get("hardware", "")),
+            "hardware": hardware_text(m.get("hardware")),
         }
         # Δ to the paper only for COCO runs: a toy AP minus a COCO AP means nothing.
         coco = data == "coco"

@@ -1,0 +1,153 @@
+"""The four notebooks, executed with papermill on tiny parameters; assertions on what they wrote.
+
+One pipeline through the real table runner (`table_run`: train -> evaluate -> attention for the
+GC r16 entry, then report.ipynb) on a 4+2-image toy set with 2 training iterations; plus the
+attention notebook on a GC-off entry, and the committed notebooks' hygiene.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+from PIL import Image
+
+from gcrepro.analysis import notebook_params as nbp
+from gcrepro.analysis import run_status
+
+GC_ENTRY = "mask_rcnn_r50_fpn_gc_r16_1x"  # row 2: 13 GC blocks (c3: 4, c4: 6, c5: 3)
+BASELINE = "mask_rcnn_r50_fpn_1x"  # row 1: no GC blocks
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+TINY_TRAINING = {  # overrides for gcrepro.train: 2 iterations, every one logged and timed
+    "overrides.max_iters": "2", "overrides.log_interval": "1", "overrides.warmup_iters": "1",
+    "overrides.num_workers": "0", "overrides.timing_skip_iters": "0",
+}
+
+
+def assert_png_not_blank(path: Path) -> None:
+    """A valid PNG (decodes) with real content: pixel values vary."""
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
+    assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+    assert pixels.std() > 10.0, f"{path} looks blank (pixel std {pixels.std():.1f})"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100, f"{path}: too few colours for a heatmap"
+
+
+@pytest.fixture(scope="module")
+def tiny_toy(tmp_path_factory) -> Path:
+    from gcrepro.data import make_toy_dataset
+
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), seed=3, num_train=4, num_val=2, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def table_runs(tiny_toy: Path, tmp_path_factory) -> tuple[Path, int]:
+    from gcrepro.analysis.cli import table_run
+
+    runs = tmp_path_factory.mktemp("runs")
+    sets = [(k, v) for k, v in TINY_TRAINING.items()] + [("num_images", "1")]
+    code = table_run([GC_ENTRY], runs_dir=runs, data=str(tiny_toy), sets=sets)
+    return runs, code
+
+
+def test_committed_notebooks_are_clean() -> None:
+    folder = nbp.notebooks_dir()
+    for name in (*nbp.ENTRY_NOTEBOOKS, nbp.REPORT_NOTEBOOK):
+        nb = nbformat.read(folder / f"{name}.ipynb", as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}.ipynb is committed with outputs"
+        params = nbp.declared_params(folder / f"{name}.ipynb")  # exactly one 'parameters' cell, known types
+        assert params, name
+        for p in params.values():
+            assert p.help.strip(), f"{name}.ipynb parameter {p.name} has no help comment"
+    assert {"entry", "data", "work_dir", "profile", "gpus", "overrides"} <= set(nbp.declared_params(folder / "train.ipynb"))
+
+
+def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) -> None:
+    runs, code = table_runs
+    run = runs / GC_ENTRY
+    status = run_status.read_status(run)
+    assert code == 0, status
+    assert status["state"] == "done" and status["error"] is None
+    assert set(status["timings"]) == {"train", "evaluate", "attention"}
+    for nb in ("train", "evaluate", "attention"):
+        executed = nbformat.read(run / f"{nb}.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+    # train.ipynb: checkpoint, training log, loss curve.
+    assert (run / "checkpoints" / "latest.pth").is_file()
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in log)
+    assert_png_not_blank(run / "loss_curve.png")
+
+    # evaluate.ipynb: metrics.json with the 12 COCO numbers per task, labelled toy.
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["entry"] == GC_ENTRY and metrics["data"] == "toy" and metrics["iterations"] == 2
+    for task in ("bbox", "segm"):
+        assert set(COCO_KEYS) <= set(metrics[task])
+        assert all(v is None or 0.0 <= v <= 100.0 for v in metrics[task].values())
+    assert metrics["train_s_per_iter"] > 0 and metrics["mem_gb"] > 0
+    assert "inf_fps" in metrics  # None here: 2 val images are all inside the engine's 5 warm-up images
+    coco = pd.read_csv(run / "coco_table.csv", index_col=0)
+    assert list(coco.index) == ["bbox", "segm"] and list(coco.columns) == list(COCO_KEYS)
+    assert coco.loc["bbox", "AP"] == pytest.approx(metrics["bbox"]["AP"], abs=0.01)
+
+    # attention.ipynb: one grid (13 GC blocks) and one non-local panel for the one image.
+    summary = json.loads((run / "attention" / "summary.json").read_text())
+    assert summary["gc"] is True and len(summary["blocks"]) == 13
+    assert sorted((b["stage"], b["block_index"]) for b in summary["blocks"]) == (
+        [(2, j) for j in range(4)] + [(3, j) for j in range(6)] + [(4, j) for j in range(3)])
+    assert len(summary["images"]) == 1 and summary["nonlocal_block"] == "c4 b5"
+    pngs = sorted((run / "attention").glob("*.png"))
+    assert [p.name for p in pngs] == sorted(summary["files"]) and len(pngs) == 2
+    for png in pngs:
+        assert_png_not_blank(png)
+    sim = next(iter(summary["nonlocal_query_similarity"].values()))
+    assert -1.0 <= sim <= 1.0 + 1e-6
+
+    # report.ipynb: one row per entry, toy-labelled, ours = metrics.json, no Δ to COCO numbers.
+    assert (runs / "report.ipynb").is_file() and (runs / "report.html").is_file()
+    report = pd.read_csv(runs / "report.csv")
+    assert list(report["entry"]) == [GC_ENTRY]
+    row = report.iloc[0]
+    assert row["data"] == "toy" and row["state"] == "done" and row["row"] == 2
+    assert row["box_ap"] == pytest.approx(metrics["bbox"]["AP"], abs=1e-3)
+    assert row["paper_box_ap"] == 38.5 and row["paper_mask_ap"] == 35.1
+    assert math.isnan(row["delta_box_ap"]) and math.isnan(row["delta_mask_ap"])
+    assert row["paper_gc_gain_box_ap"] == pytest.approx(38.5 - 37.3)
+    assert math.isnan(row["gc_gain_box_ap"])  # our baseline (row 1) was not run
+    html = (runs / "report.html").read_text()
+    assert "TOY" in html and "toy-val AP, NOT COCO AP" in html
+
+
+def test_rerun_skips_the_completed_entry(table_runs: tuple[Path, int], tiny_toy: Path, capsys) -> None:
+    from gcrepro.analysis.cli import table_run
+
+    runs, _ = table_runs
+    before = run_status.read_status(runs / GC_ENTRY)
+    sets = [(k, v) for k, v in TINY_TRAINING.items()] + [("num_images", "1")]
+    assert table_run([GC_ENTRY], runs_dir=runs, data=str(tiny_toy), sets=sets) == 0
+    assert "skipped, done earlier" in capsys.readouterr().out
+    assert run_status.read_status(runs / GC_ENTRY) == before
+
+
+def test_attention_notebook_on_a_gc_off_entry_has_nothing_to_show(tmp_path: Path) -> None:
+    out = papermill.execute_notebook(
+        str(nbp.notebook_path("attention")), str(tmp_path / "attention.ipynb"),
+        parameters={"entry": BASELINE, "work_dir": str(tmp_path), "interactive": False},
+        kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
+    )
+    text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert "has no GC blocks" in text
+    summary = json.loads((tmp_path / "attention" / "summary.json").read_text())
+    assert summary["gc"] is False and not list((tmp_path / "attention").glob("*.png"))
