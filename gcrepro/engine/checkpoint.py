@@ -1,0 +1,132 @@
+"""Checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``.
+
+Layout of ``WORK_DIR/checkpoints/``: ``iter_0000123.pth`` per save and ``latest.pth`` (a hard link
+to the newest, or a copy where links are not supported). A file appears at its final path only
+complete: it is written to a temporary file in the same folder, flushed and fsynced, then moved
+into place with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsynced.
+
+Everything stored is a tensor or a plain Python type, so the safe loader reads it: RNG states are
+tensors (torch, CUDA, numpy's key array) and lists of ints (Python's ``random``), and the config is
+a dict of plain values.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gcrepro.engine.atomic import atomic_open, fsync_dir
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.pth"
+_ITER_RE = re.compile(r"^iter_(\d{7,})\.pth$")
+
+
+def checkpoint_dir(work_dir: str | Path) -> Path:
+    return Path(work_dir) / CHECKPOINT_DIR
+
+
+def iter_checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}.pth"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace`` into place."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """Make ``dst`` name the same complete file as ``src``, atomically."""
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this file system: copy, still atomically moved into place
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+
+
+def save_checkpoint(work_dir: str | Path, state: dict[str, Any], *, iteration: int, keep: int = 0) -> Path:
+    """Write ``iter_XXXXXXX.pth`` and point ``latest.pth`` at it; keep the newest ``keep`` (0: all)."""
+    folder = checkpoint_dir(work_dir)
+    path = atomic_torch_save(state, folder / iter_checkpoint_name(iteration))
+    _atomic_link(path, folder / LATEST)
+    if keep > 0:
+        older = sorted(p for p in folder.iterdir() if _ITER_RE.match(p.name))[:-keep]
+        for p in older:
+            p.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Safe load: only tensors and plain types (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named, one line
+        raise RuntimeError(f"checkpoint {path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+
+
+def latest_checkpoint(work_dir: str | Path) -> Path | None:
+    """``latest.pth`` if present, else the newest ``iter_*.pth``, else None."""
+    folder = checkpoint_dir(work_dir)
+    if (folder / LATEST).is_file():
+        return folder / LATEST
+    iters = sorted(p for p in folder.glob("iter_*.pth") if _ITER_RE.match(p.name))
+    return iters[-1] if iters else None
+
+
+def model_state_from(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a gcrepro checkpoint, or of a plain state dict."""
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        return checkpoint["model"]
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
+        return checkpoint["state_dict"]
+    return checkpoint
+
+
+# --- RNG states as tensors / plain types -------------------------------------------------------
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (CPU) and CUDA generator states in ``weights_only``-safe types."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda_states)

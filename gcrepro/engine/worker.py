@@ -1,0 +1,51 @@
+"""A worker process started by :func:`gcrepro.engine.launch.launch`.
+
+``python -m gcrepro.engine.worker SPEC.json``: the spec names a library function
+(``"gcrepro.module:function"`` + JSON kwargs) or a ``gcrepro`` argv list. Rank 0 writes the
+function's return value to the spec's result file (JSON, atomically).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run(spec_path: str) -> int:
+    from gcrepro.engine.launch import check_target
+
+    spec = json.loads(Path(spec_path).read_text())
+    if spec.get("argv") is not None:
+        from gcrepro.cli import main
+
+        return int(main(list(spec["argv"])) or 0)
+    target = spec["target"]
+    check_target(target)
+    module_name, _, func_name = target.partition(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    result = func(**spec.get("kwargs", {}))
+    if os.environ.get("RANK", "0") == "0":
+        out = Path(spec["result"])
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"result": _jsonable(result)}))
+        os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m gcrepro.engine.worker SPEC.json (started by gcrepro.engine.launch)")
+    sys.exit(run(sys.argv[1]))
