@@ -92,7 +92,11 @@ def table_run(
         data_root = str(ensure_toy())
         plans = plan(data_root)
     print(f"data: {data_root}\nruns: {runs_dir}", flush=True)
-    statuses = table_runner.run_table(plans, force=force)
+    try:
+        statuses = table_runner.run_table(plans, force=force)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
+        return 130
     failed = [p.entry for p, s in zip(plans, statuses) if s is None or s["state"] != "done"]
     report_ok = True
     try:

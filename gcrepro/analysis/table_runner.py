@@ -21,6 +21,8 @@ from gcrepro.analysis import notebook_params as nbp
 from gcrepro.analysis import run_status
 
 KERNEL_NAME = "python3"
+# Keep the kernel's own log to errors: its start-up warnings would break the one-line-per-entry progress.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -156,6 +158,7 @@ def run_entry(
             papermill.execute_notebook(
                 str(nbp.notebook_path(nb, notebooks)), str(output), parameters=plan.params[nb],
                 kernel_name=KERNEL_NAME, progress_bar=False, log_output=False, cwd=str(plan.run_dir),
+                extra_arguments=KERNEL_ARGS,
             )
         except KeyboardInterrupt:
             status.update(state="failed", error="interrupted", failed_notebook=str(output), finished=run_status.now_iso())
@@ -256,7 +259,8 @@ def run_report_notebook(runs_dir: Path, *, notebooks: Path | None = None) -> Pat
     params = nbp.apply_sets({"report": {"runs_dir": str(runs_dir)}}, [], {"report": declared})["report"]
     output = runs_dir / "report.ipynb"
     papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=KERNEL_NAME,
-                               progress_bar=False, log_output=False, cwd=str(runs_dir))
+                               progress_bar=False, log_output=False, cwd=str(runs_dir),
+                               extra_arguments=KERNEL_ARGS)
     return output
 
 
