@@ -67,6 +67,8 @@ def test_report_rows_deltas_gains_and_toy_labels(tmp_path: Path) -> None:
     assert f"{39.9 - e[8].paper_box_ap:.1f}" in html
     assert "background-color: rgba(46, 160, 67" in html  # a gain is green
     assert "background-color: rgba(218, 54, 51" in html  # a loss (row 7: 36.2 < 37.2) is red
+    markdown = report.to_markdown(frame)
+    assert f"| 2 | {e[2].name} | toy | 38.5 | 23.5 toy | — |" in markdown and "NOT COCO AP" in markdown
 
 
 def test_report_of_missing_or_broken_runs(tmp_path: Path) -> None:

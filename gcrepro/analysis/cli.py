@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
 
     report = table_sub.add_parser("report", help="write RUNS_DIR/report.html and report.csv from the runs there")
     report.add_argument("--runs-dir", type=Path, default=None, help="folder with one run folder per entry (default: runs/)")
+    report.add_argument("--markdown", action="store_true", help="also print the main columns as a Markdown table")
     report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser(
@@ -134,8 +135,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         frame, csv_path, html_path = write_report(runs_dir)
     except (FileNotFoundError, ValueError) as exc:
         return _fail("gcrepro table report", str(exc))
-    print(frame[["row", "entry", "data", "state", "paper_box_ap", "box_ap", "paper_mask_ap", "mask_ap"]]
-          .to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.1f}"))
+    shown = frame[["row", "entry", "data", "state", "paper_box_ap", "box_ap", "paper_mask_ap", "mask_ap"]].rename(
+        columns={"paper_box_ap": "paper box AP", "box_ap": "ours box AP", "paper_mask_ap": "paper mask AP",
+                 "mask_ap": "ours mask AP"})
+    print(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.1f}"))
+    if (frame["data"] == "toy").any():
+        print("(rows with data 'toy': AP on the synthetic toy val split, not COCO numbers)")
+    if args.markdown:
+        from gcrepro.analysis.report import to_markdown
+
+        print("\n" + to_markdown(frame))
     print(f"report: {html_path}\n        {csv_path}")
     return 0
 

@@ -213,3 +213,28 @@ def write_report(runs_dir: Path, *, entries: Iterable[EntryLike] | None = None) 
     )
     run_status.write_text_atomic(html_path, page)
     return frame, csv_path, html_path
+
+
+MARKDOWN_COLUMNS = (
+    "row", "entry", "data", "paper_box_ap", "box_ap", "delta_box_ap", "paper_mask_ap", "mask_ap", "delta_mask_ap",
+    "paper_gc_gain_box_ap", "gc_gain_box_ap", "train_s_per_iter", "inf_fps",
+)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """The main columns as a Markdown table (for a README), toy values marked, the caption below."""
+    def cell(col: str, value: Any, toy: bool) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "—"
+        if col == "row":
+            return str(int(value))
+        if isinstance(value, float):
+            text = f"{value:.3f}" if col == "train_s_per_iter" else f"{value:.1f}"
+            return f"{text} toy" if toy and col in AP_COLUMNS else text
+        return str(value)
+
+    header = [" ".join(x for x in COLUMNS[c] if x) for c in MARKDOWN_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(cell(c, r[c], r["data"] == "toy") for c in MARKDOWN_COLUMNS) + " |")
+    return "\n".join(lines) + "\n\n" + caption(frame) + "\n"
