@@ -58,6 +58,9 @@ def table_runs(tiny_toy: Path, tmp_path_factory) -> tuple[Path, int]:
 
 def test_committed_notebooks_are_clean() -> None:
     folder = nbp.notebooks_dir()
+    from gcrepro.paths import PACKAGE_DIR
+
+    assert folder == PACKAGE_DIR / "notebooks"  # shipped as package data (a symlink to notebooks/ in a checkout)
     for name in (*nbp.ENTRY_NOTEBOOKS, nbp.REPORT_NOTEBOOK):
         nb = nbformat.read(folder / f"{name}.ipynb", as_version=4)
         nbformat.validate(nb)

@@ -144,3 +144,13 @@ def test_interrupted_run_is_not_completed(tmp_path: Path, fake_notebooks: Path) 
     run_status.write_params(plan.run_dir, {"entry": "x", "notebooks": plan.params})
     run_status.write_status(plan.run_dir, {"entry": "x", "state": "running"})  # a killed run
     assert table_runner.completed(plan) == (False, "")
+
+
+def test_kernel_check(monkeypatch) -> None:
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+    table_runner.check_kernel()  # this venv: "python3" runs this interpreter
+    foreign = KernelSpec(argv=["/opt/other/bin/python", "-m", "ipykernel_launcher"], resource_dir="/x/kernels/python3")
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", lambda self, name: foreign)
+    with pytest.raises(RuntimeError, match="runs /opt/other/bin/python, not this Python"):
+        table_runner.check_kernel()
