@@ -95,6 +95,8 @@ def test_figures_and_widget(captured, tmp_path) -> None:
     assert [p.name for p in paths] == ["gc_image5.png", "nonlocal_image5.png"]
     view = ap.interactive_view([maps])
     image_w, stage_w, block_w = view.children[0].children
-    assert block_w.max == 3  # c3 has 4 blocks
+    picture = view.children[1]
+    assert block_w.max == 3 and bytes(picture.value).startswith(b"\x89PNG")  # c3 has 4 blocks
+    first = bytes(picture.value)
     stage_w.value = 3
-    assert block_w.max == 5  # c4 has 6
+    assert block_w.max == 5 and bytes(picture.value) != first  # c4 has 6; the picture was redrawn

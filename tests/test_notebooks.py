@@ -82,9 +82,14 @@ def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) 
     assert code == 0, status
     assert status["state"] == "done" and status["error"] is None
     assert set(status["timings"]) == {"train", "evaluate", "attention"}
+    shown = {}  # notebook -> MIME types of its rich outputs
     for nb in ("train", "evaluate", "attention"):
         executed = nbformat.read(run / f"{nb}.ipynb", as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        shown[nb] = {m for c in executed.cells for o in c.get("outputs", []) for m in o.get("data", {})}
+    assert "image/png" in shown["train"]  # the loss curve is displayed, not just saved
+    assert "text/html" in shown["evaluate"]  # the COCO table
+    assert "image/png" in shown["attention"]
 
     # train.ipynb: checkpoint, training log, loss curve.
     assert (run / "checkpoints" / "latest.pth").is_file()

@@ -86,10 +86,18 @@ def save_all(results: list[ImageMaps], out_dir: Path, *, entry: str = "") -> lis
     return paths
 
 
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for widgets and IPython.display.Image: no matplotlib backend needed)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def interactive_view(results: list[ImageMaps]):
     """An ipywidgets view: choose image, stage and block; shows that block's map over the image."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     if not results:
         raise ValueError("no images to show")
@@ -97,7 +105,7 @@ def interactive_view(results: list[ImageMaps]):
     image_w = widgets.Dropdown(options=[(f"image {m.image_id}", i) for i, m in enumerate(results)], description="image")
     stage_w = widgets.Dropdown(options=[(STAGE_NAMES.get(s, str(s)), s) for s in stages], description="stage")
     block_w = widgets.IntSlider(min=0, description="block")
-    out = widgets.Output()
+    picture = widgets.Image(format="png")
 
     def blocks_of(stage: int) -> list[BlockRef]:
         return sorted(b for b in results[image_w.value].gc if b.stage == stage)
@@ -110,11 +118,9 @@ def interactive_view(results: list[ImageMaps]):
         fig = Figure(figsize=(5, 5 * maps.image.shape[0] / maps.image.shape[1]), dpi=100)
         overlay(fig.subplots(), maps.image, maps.gc[block], f"image {maps.image_id}, {block.label}")
         fig.tight_layout()
-        out.clear_output(wait=True)
-        with out:
-            display(fig)
+        picture.value = png_bytes(fig)
 
     for w in (image_w, stage_w, block_w):
         w.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([image_w, stage_w, block_w]), out])
+    return widgets.VBox([widgets.HBox([image_w, stage_w, block_w]), picture])
