@@ -1,6 +1,8 @@
 """Detectors: row 1 equals torchvision's Mask R-CNN, all 30 rows train, cascade semantics, configs."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,6 +235,11 @@ def test_context_block_count_r101_and_paper_widths() -> None:
     model = build_model("mask_rcnn_r101_fpn_gc_r4_1x", profile="toy")
     blocks = [m for m in model.backbone.body.modules() if isinstance(m, ContextBlock)]
     assert len(blocks) == 30  # R101 c3-c5: 4 + 23 + 3
+    # toy (from scratch): residual branches of the trainable stages start at zero; frozen layer1 untouched
+    body = model.backbone.body
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 for layer in (body.layer2, body.layer3, body.layer4)
+               for b in layer)
+    assert all(torch.all(b.bn3.weight == 1) for b in body.layer1)
     paper = model_config("mask_rcnn_r101_fpn_gc_r4_1x")
     assert paper.gc_ratio == 0.25 and paper.stage_with_gcb == (False, True, True, True)
     assert (paper.min_size, paper.max_size, paper.base_width, paper.fpn_channels) == (800, 1333, 64, 256)
@@ -383,5 +390,11 @@ def test_overrides_and_errors() -> None:
     changes = PROFILES["toy"].changes()
     assert changes["min_size"] == {"paper": 800, "profile": 160} and changes["base_width"]["profile"] == 16
     assert PROFILES["paper"].changes() == {}
+    assert changes["zero_init_residual"] == {"paper": False, "profile": True}
     assert model_config(13).head_norm == "syncbn" and model_config(13).head == "4conv1fc"
     assert model_config(28).stage_with_dcn == (False, True, True, True) and model_config(28).cascade
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # JSON round trip (tuples kept)
+    with pytest.raises(ValueError, match="unknown ModelConfig key"):
+        ModelConfig.from_dict({**cfg.to_dict(), "fpn_width": 64})
+    with pytest.raises(ValueError, match="needs the paper's backbone width"):
+        build_model(1, profile="toy", pretrained_backbone="IMAGENET1K_V1")

@@ -36,6 +36,11 @@ class ModelConfig:
     gc_ratio: float | None = None  # 1/16 (r16) | 1/4 (r4) | None (no GC)
     stage_with_dcn: tuple[bool, bool, bool, bool] = (False, False, False, False)  # DCN rows: c3-c5 (F, T, T, T)
     gc_impl: str = "auto"  # ContextBlock implementation: auto | reference | fused
+    # bn3 weight 0 in every Bottleneck of the trainable stages, so each residual block starts as the identity
+    # (Goyal et al. 2017; torchvision zero_init_residual). Not the paper's (its backbone starts from ImageNet);
+    # the toy profile, trained from scratch, needs it: with fixBN's identity statistics the random R101 trunk
+    # otherwise reaches activations ~5e4 and its RPN degenerates.
+    zero_init_residual: bool = False
     # --- detector kind and heads ---
     cascade: bool = False  # Cascade Mask R-CNN (rows 25-30)
     head: str = "2fc"  # box head: "2fc" | "4conv1fc"
@@ -122,8 +127,16 @@ class ModelConfig:
             raise bad("cascade_score_average", "'logits' or 'probs'")
 
     def to_dict(self) -> dict:
-        """JSON-friendly dict (tuples become lists)."""
+        """Every field by name (``json.dump`` writes the tuples as lists; ``from_dict`` reads them back)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Inverse of ``to_dict`` (e.g. from a checkpoint or a JSON file); unknown keys raise."""
+        unknown = sorted(set(values) - set(FIELD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig key(s) {unknown}; allowed keys: {', '.join(FIELD_NAMES)}")
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ModelConfig))
@@ -145,6 +158,7 @@ class Profile:
     box_fc_dim: int = 1024
     box_conv_dim: int = 256
     mask_conv_dim: int = 256
+    zero_init_residual: bool = False  # from-scratch init (see ModelConfig)
 
     def settings(self) -> dict:
         """The ModelConfig fields this profile sets."""
@@ -161,9 +175,10 @@ PROFILES: dict[str, Profile] = {
     "toy": Profile(
         "toy",
         "same structure for a laptop CPU: inputs resized to (160, 256), backbone width /4 "
-        "(base 16), FPN 64, box fc 256, head convs 64",
+        "(base 16), FPN 64, box fc 256, head convs 64; trained from scratch, so residual blocks start "
+        "as the identity (zero_init_residual)",
         min_size=160, max_size=256, base_width=16, fpn_channels=64, box_fc_dim=256, box_conv_dim=64,
-        mask_conv_dim=64,
+        mask_conv_dim=64, zero_init_residual=True,
     ),
 }
 
@@ -228,11 +243,23 @@ def build_detector(config: ModelConfig, *, entry: Entry | None = None, profile: 
     )
 
     c = config
+    if pretrained_backbone is not None and c.base_width != 64:
+        raise ValueError(
+            f"pretrained_backbone={pretrained_backbone!r} needs the paper's backbone width (base_width 64), but this "
+            f"config has base_width={c.base_width} (the toy profile narrows the backbone): use profile='paper' or "
+            "no pretrained backbone")
+    if pretrained_backbone is not None and c.zero_init_residual:
+        raise ValueError(f"pretrained_backbone={pretrained_backbone!r} with zero_init_residual=True would zero "
+                         "pretrained bn3 weights: set zero_init_residual=False")
     resnet = build_resnet(
         depth=c.depth, groups=c.groups, width_per_group=c.width_per_group, norm=c.norm,
         stage_with_gcb=c.stage_with_gcb, gcb_ratio=c.gc_ratio or 0.0, stage_with_dcn=c.stage_with_dcn,
         frozen_stages=c.frozen_stages, base_width=c.base_width, gc_impl=c.gc_impl, pretrained=pretrained_backbone,
     )
+    if c.zero_init_residual:
+        for stage in range(max(c.frozen_stages, 0) + 1, 5):  # trainable stages only
+            for block in getattr(resnet, f"layer{stage}"):
+                nn.init.zeros_(block.bn3.weight)
     backbone = BackboneWithFPN(
         resnet, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},  # C2-C5
         in_channels_list=list(resnet.out_channels_list), out_channels=c.fpn_channels,
