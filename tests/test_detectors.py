@@ -398,3 +398,24 @@ def test_overrides_and_errors() -> None:
         ModelConfig.from_dict({**cfg.to_dict(), "fpn_width": 64})
     with pytest.raises(ValueError, match="needs the paper's backbone width"):
         build_model(1, profile="toy", pretrained_backbone="IMAGENET1K_V1")
+
+
+# ------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("row,profile", [(2, "paper"), (14, "toy"), (29, "toy")])
+def test_rows_train_and_detect_on_cuda(row: int, profile: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(row, profile=profile, num_classes=5).cuda().train()
+    images, targets = _images_and_targets(sizes=((320, 400), (360, 320)))
+    images = [im.cuda() for im in images]
+    targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert all(d["boxes"].is_cuda and d["masks"].shape[1:] == (1, *im.shape[1:]) for d, im in zip(out, images))

@@ -147,7 +147,7 @@ TORCHVISION_CONVENTIONS: dict = dict(box_smooth_l1_beta=1.0 / 9.0, rpn_allowed_b
 
 @dataclass(frozen=True)
 class Profile:
-    """What a profile changes from the paper's model: input scale and widths, never the structure."""
+    """What a profile changes from the paper's model: input scale, widths and (from-scratch) init; never the structure."""
 
     name: str
     description: str
