@@ -1,30 +1,121 @@
 """GC block ops: a fused compiled path (csrc/) and the pure-PyTorch reference.
 
-STUB written by the coordinator so other code can call the API today; the csrc
-work replaces the bodies, keeping these signatures:
-
     fused_available(device) -> bool
     gc_context(x, mask_weight, mask_bias, impl) -> context [N, C, 1, 1]
     channel_add(x, term, residual=None, relu=False, impl) -> out [N, C, H, W]
+
+impl: "reference" (gcrepro.ops.reference, the ground truth), "fused" (the compiled op; a
+RuntimeError naming the build command when it is not built for x's device), or "auto" (fused
+when built for x's device and the inputs are ones it supports, else the reference). The first
+call of each op on each device logs (logger "gcrepro.ops", INFO) which implementation runs.
+Build: `pip install --no-build-isolation -e .` (CPU always, CUDA when a toolkit is found).
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
 
+from gcrepro.ops import _extension
 from gcrepro.ops.reference import channel_add_reference, gc_context_reference
+
+if _extension.STATE.cpu:
+    from gcrepro.ops import fused as _fused
+else:
+    _fused = None
+
+__all__ = ["IMPLS", "fused_available", "gc_context", "channel_add"]
+
+IMPLS = ("auto", "fused", "reference")
+_log = logging.getLogger(__name__)
+_logged: set[tuple[str, str, str]] = set()
 
 
 def fused_available(device: torch.device | str) -> bool:
-    """True when the compiled op is built for this device type."""
+    """True when the compiled op is built (and loads) for this device type."""
+    device_type = torch.device(device).type
+    if device_type == "cpu":
+        return _extension.STATE.cpu
+    if device_type == "cuda":
+        return _extension.STATE.cuda and torch.cuda.is_available()
     return False
 
 
+def _use_fused(op: str, impl: str, x: Tensor, unsupported: str | None) -> bool:
+    """Resolve impl for one call; `unsupported` says why these inputs need the reference (or None)."""
+    if impl not in IMPLS:
+        raise ValueError(f"gcrepro.ops.{op}: impl={impl!r}; expected one of {IMPLS}")
+    device_type = x.device.type
+    built = fused_available(x.device)
+    if impl == "fused":
+        if not built:
+            raise _extension.build_error(device_type)
+        use, why = True, "impl='fused'"
+    elif impl == "reference":
+        use, why = False, "impl='reference'"
+    elif not built:
+        reason = _extension.STATE.cuda_reason if device_type == "cuda" else _extension.STATE.cpu_reason
+        use, why = False, f"impl='auto' and the fused op is unavailable: {reason or 'no kernels for ' + device_type}"
+    elif unsupported is not None:
+        use, why = False, f"impl='auto' and {unsupported}"
+    else:
+        use, why = True, "impl='auto'"
+    key = (op, device_type, "fused" if use else "reference")
+    if key not in _logged and not torch.compiler.is_compiling():
+        _logged.add(key)
+        which = "the fused compiled op" if use else "the PyTorch reference"
+        _log.info("gcrepro.ops.%s on %s runs %s (%s)", op, device_type, which, why)
+    return use
+
+
+def _x_unsupported(x: Tensor) -> str | None:
+    if x.dim() != 4 or not x.is_floating_point():
+        return f"x is {x.dim()}-D {x.dtype} (the op takes 4-D floating tensors)"
+    if x.shape[2] * x.shape[3] == 0 or x.shape[1] == 0:
+        return f"x has an empty dimension {tuple(x.shape)}"
+    return None
+
+
+def _context_unsupported(x: Tensor, mask_weight: Tensor, mask_bias: Tensor | None) -> str | None:
+    if _x_unsupported(x) is not None:
+        return _x_unsupported(x)
+    if mask_weight.numel() != x.shape[1] or mask_weight.device != x.device:
+        return "mask_weight does not match x"
+    if mask_bias is not None and (mask_bias.numel() != 1 or mask_bias.device != x.device):
+        return "mask_bias does not match x"
+    return None
+
+
+def _add_unsupported(x: Tensor, term: Tensor, residual: Tensor | None) -> str | None:
+    if _x_unsupported(x) is not None:
+        return _x_unsupported(x)
+    if term.numel() != x.shape[0] * x.shape[1] or term.device != x.device or not term.is_floating_point():
+        return f"term {tuple(term.shape)} is not one value per (sample, channel) of x {tuple(x.shape)}"
+    if residual is not None and (
+        residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device
+    ):
+        return "residual does not match x in shape, dtype or device"
+    return None
+
+
 def gc_context(x: Tensor, mask_weight: Tensor, mask_bias: Tensor | None, impl: str = "reference") -> Tensor:
-    """Attention pooling: softmax_j(w . x_j + b) weighted sum of x over HW -> [N, C, 1, 1]."""
+    """Attention pooling: softmax_j(w . x_j + b) weighted sum of x over HW.
+
+    x [N, C, H, W], mask_weight [1, C, 1, 1], mask_bias [1] or None -> context [N, C, 1, 1].
+    """
+    if _use_fused("gc_context", impl, x, _context_unsupported(x, mask_weight, mask_bias)):
+        return _fused.gc_context_fused(x, mask_weight, mask_bias)
     return gc_context_reference(x, mask_weight, mask_bias)
 
 
-def channel_add(x: Tensor, term: Tensor, residual: Tensor | None = None, relu: bool = False, impl: str = "reference") -> Tensor:
-    """x + term (broadcast over HW), then + residual and ReLU when asked."""
+def channel_add(
+    x: Tensor, term: Tensor, residual: Tensor | None = None, relu: bool = False, impl: str = "reference"
+) -> Tensor:
+    """x [N, C, H, W] + term [N, C, 1, 1] (broadcast over HW), then + residual and ReLU when asked.
+
+    The fused op returns x's dtype and computes the sum in fp32 (fp64 for fp64), rounding once.
+    """
+    if _use_fused("channel_add", impl, x, _add_unsupported(x, term, residual)):
+        return _fused.channel_add_fused(x, term, residual, relu)
     return channel_add_reference(x, term, residual, relu)

@@ -1,0 +1,149 @@
+// CPU kernels of gcrepro::gc_add (x + channel term (+ residual) (ReLU)) and of its ReLU
+// backward (math and layouts: ../gc_ops.h). One pass over the tensors; rows of contiguous
+// memory (H*W per (n, c) for NCHW, C per (n, position) for channels_last) are split over
+// threads with at::parallel_for; the inner loops are vectorised by the compiler.
+#include "../gc_ops.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace gcrepro {
+namespace {
+
+constexpr int64_t kGrainElements = 32768;  // elements per parallel work item (at least)
+
+template <typename scalar_t, typename acc_t, bool kResidual, bool kRelu>
+inline void add_row(const scalar_t* x, const scalar_t* r, const acc_t* t, bool t_scalar, scalar_t* out, int64_t len) {
+  if (t_scalar) {
+    const acc_t tv = t[0];
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      acc_t v = static_cast<acc_t>(x[i]) + tv;
+      if constexpr (kResidual) v += static_cast<acc_t>(r[i]);
+      if constexpr (kRelu) v = v < acc_t(0) ? acc_t(0) : v;  // keeps NaN, like torch.relu
+      out[i] = static_cast<scalar_t>(v);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      acc_t v = static_cast<acc_t>(x[i]) + t[i];
+      if constexpr (kResidual) v += static_cast<acc_t>(r[i]);
+      if constexpr (kRelu) v = v < acc_t(0) ? acc_t(0) : v;  // keeps NaN, like torch.relu
+      out[i] = static_cast<scalar_t>(v);
+    }
+  }
+}
+
+template <typename scalar_t, bool kResidual, bool kRelu>
+void add_forward_impl(const Dense4d& d, const Tensor& t, const Tensor& res, Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = d.C, HW = d.HW;
+  const scalar_t* x = d.t.const_data_ptr<scalar_t>();
+  const scalar_t* r = kResidual ? res.const_data_ptr<scalar_t>() : nullptr;
+  const acc_t* tp = t.const_data_ptr<acc_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  // NCHW: row = (n, c), length HW, one term value. NHWC: row = (n, position), length C, term row n.
+  const int64_t rows = d.nhwc ? d.N * HW : d.N * C;
+  const int64_t len = d.nhwc ? C : HW;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / len);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t off = row * len;
+      const acc_t* trow = d.nhwc ? tp + (row / HW) * C : tp + row;
+      add_row<scalar_t, acc_t, kResidual, kRelu>(x + off, kResidual ? r + off : nullptr, trow, !d.nhwc, o + off, len);
+    }
+  });
+}
+
+template <typename scalar_t>
+void add_relu_backward_impl(const Dense4d& d, const Tensor& grad, Tensor& grad_in, Tensor& grad_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = d.N, C = d.C, HW = d.HW;
+  const scalar_t* g = grad.const_data_ptr<scalar_t>();
+  const scalar_t* y = d.t.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  acc_t* gt = grad_t.mutable_data_ptr<acc_t>();
+  if (!d.nhwc) {
+    // Row (n, c): mask, store and sum H*W contiguous values.
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrainElements / HW), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t off = row * HW;
+        acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < HW; ++j) {
+          const scalar_t v = static_cast<acc_t>(y[off + j]) > acc_t(0) ? g[off + j] : scalar_t(0);
+          gi[off + j] = v;
+          sum += static_cast<acc_t>(v);
+        }
+        gt[row] = sum;
+      }
+    });
+  } else {
+    // channels_last: per sample, split the positions into ranges; each range sums its rows
+    // of C into its own partial row, merged afterwards (deterministic, no atomics).
+    const bool parallel = N * C * HW >= 2 * kGrainElements && at::get_num_threads() > 1;
+    const int64_t want = parallel ? (2 * at::get_num_threads() + N - 1) / N : 1;
+    const int64_t splits = std::clamp<int64_t>(want, 1, HW);
+    const int64_t per = (HW + splits - 1) / splits;
+    std::vector<acc_t> part(N * splits * C, acc_t(0));
+    at::parallel_for(0, N * splits, parallel ? 1 : N * splits, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / splits, k = task % splits;
+        acc_t* acc = part.data() + task * C;
+        for (int64_t j = k * per; j < std::min(HW, (k + 1) * per); ++j) {
+          const int64_t off = (n * HW + j) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t v = static_cast<acc_t>(y[off + c]) > acc_t(0) ? g[off + c] : scalar_t(0);
+            gi[off + c] = v;
+            acc[c] += static_cast<acc_t>(v);
+          }
+        }
+      }
+    });
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t sum = 0;
+        for (int64_t k = 0; k < splits; ++k) sum += part[(n * splits + k) * C + c];
+        gt[n * C + c] = sum;
+      }
+    }
+  }
+}
+
+struct CpuAddKernels {
+  static Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu) {
+    Tensor out = empty_4d(d.t, d.nhwc);
+    const bool has_res = res.defined();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_cpu", [&] {
+      if (has_res && relu) add_forward_impl<scalar_t, true, true>(d, t, res, out);
+      else if (has_res) add_forward_impl<scalar_t, true, false>(d, t, res, out);
+      else if (relu) add_forward_impl<scalar_t, false, true>(d, t, res, out);
+      else add_forward_impl<scalar_t, false, false>(d, t, res, out);
+    });
+    return out;
+  }
+
+  static std::tuple<Tensor, Tensor> add_relu_backward(const Dense4d& d, const Tensor& grad) {
+    Tensor grad_in = empty_4d(d.t, d.nhwc);
+    Tensor grad_t = at::empty({d.N, d.C}, d.t.options().dtype(acc_type(d.t.scalar_type())));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_relu_backward_cpu", [&] {
+      add_relu_backward_impl<scalar_t>(d, grad, grad_in, grad_t);
+    });
+    return {grad_in, grad_t};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gcrepro, CPU, m) {
+  m.impl("gc_add", &gc_add_op<CpuAddKernels>);
+  m.impl("gc_add_relu_backward", &gc_add_relu_backward_op<CpuAddKernels>);
+}
+
+}  // namespace gcrepro

@@ -1,0 +1,566 @@
+// CUDA kernels of the GC ops (math and layouts: ../gc_ops.h; schemas: ../gc_ops.cpp).
+// One .cu file on purpose: nvcc time dominates the build.
+//
+// gc_context: one block per (chunk of 32 positions, sample). Phase 1 computes the 32 logits
+// (NCHW: lane = position, warps split the channels; channels_last: a warp per position, lanes
+// split the channels, warp-shuffle reduction); phase 2 re-reads the same chunk of x (from L1/L2)
+// for sum_j exp(logit_j - max) x[:, j], so x crosses DRAM once. Each block writes its chunk's
+// (max, sum, weighted sum [C]); a small combine kernel merges the chunks of a sample (online
+// softmax merge). The backward has the same structure and writes grad_x in the same pass.
+// gc_add: rows of contiguous memory, 16-byte vector loads when sizes and alignment allow.
+//
+// All accumulation is fp32 (fp64 for fp64 inputs). No host synchronisation, workspaces come
+// from the caching allocator (at::empty), kernels run on the current stream: the ops can be
+// captured in a CUDA graph.
+#include <Python.h>
+
+#include "../gc_ops.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+// (Not ATen/cuda/CUDAContext.h: it pulls in cuBLAS/cuSPARSE headers, which a minimal toolkit
+// such as the nvcc-only one on the build machine does not ship.)
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+extern "C" {
+// `import gcrepro._C_cuda` loads this library, which registers the CUDA kernels.
+PyObject* PyInit__C_cuda(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C_cuda", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace gcrepro {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kChunk = 32;          // positions per block in gc_context (one per lane)
+constexpr int kMaxWarps = 32;       // 1024 threads
+constexpr int kCombineThreads = 256;
+
+__device__ __forceinline__ float dev_exp(float v) { return expf(v); }
+__device__ __forceinline__ double dev_exp(double v) { return exp(v); }
+__device__ __forceinline__ float dev_log(float v) { return logf(v); }
+__device__ __forceinline__ double dev_log(double v) { return log(v); }
+template <typename T>
+__device__ __forceinline__ T dev_max(T a, T b) { return a > b ? a : b; }
+template <typename T>
+__device__ __forceinline__ T neg_inf() { return -std::numeric_limits<T>::infinity(); }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v = dev_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum (kMax = false) or max over the block; every thread gets the result. All threads must call it.
+template <bool kMax, typename T>
+__device__ T block_reduce(T v, T* scratch /* kMaxWarps */) {
+  const int lane = threadIdx.x % kWarp, wid = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  v = kMax ? warp_max(v) : warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[wid] = v;
+  __syncthreads();
+  T r = scratch[0];
+  for (int i = 1; i < nw; ++i) r = kMax ? dev_max(r, scratch[i]) : r + scratch[i];
+  return r;
+}
+
+// Attribute query: no synchronisation, allowed during CUDA graph capture.
+int num_sms() {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  return sms;
+}
+
+// Warp 0 of a gc_context block: the chunk's softmax weights exp(logit - max) into p[lane] and
+// the chunk's (max, sum of weights) into *pm, *ps. lane = position; `valid` false past H*W.
+template <typename acc_t>
+__device__ __forceinline__ void chunk_softmax(acc_t logit, bool valid, int lane, acc_t* p, acc_t* pm, acc_t* ps) {
+  const acc_t l = valid ? logit : neg_inf<acc_t>();
+  const acc_t cm = warp_max(l);
+  const acc_t e = valid ? dev_exp(l - cm) : acc_t(0);
+  const acc_t s = warp_sum(e);
+  p[lane] = e;
+  if (lane == 0) {
+    *pm = cm;
+    *ps = s;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// gc_context forward: per (chunk k, sample n) -> pm/ps [n*K + k], pa [(n*K + k) * C + c].
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxWarps * kWarp) context_partial_nchw(const scalar_t* __restrict__ x, const acc_t* __restrict__ w, int64_t C,
+                                     int64_t HW, int K, acc_t* __restrict__ pm, acc_t* __restrict__ ps,
+                                     acc_t* __restrict__ pa) {
+  __shared__ acc_t part[kMaxWarps][kWarp];
+  __shared__ acc_t p[kWarp];
+  const int lane = threadIdx.x % kWarp, wid = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  const int k = blockIdx.x;
+  const int64_t n = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(k) * kChunk + lane;
+  const bool valid = j < HW;
+  const scalar_t* xj = x + n * C * HW + j;  // x[n, c, j] = xj[c * HW]
+
+  acc_t l = 0;  // this warp's share of the logit of position j
+  if (valid) {
+#pragma unroll 8
+    for (int64_t c = wid; c < C; c += nw) l += w[c] * static_cast<acc_t>(xj[c * HW]);
+  }
+  part[wid][lane] = l;
+  __syncthreads();
+  if (wid == 0) {
+    acc_t lj = 0;
+    for (int i = 0; i < nw; ++i) lj += part[i][lane];
+    chunk_softmax(lj, valid, lane, p, pm + n * K + k, ps + n * K + k);
+  }
+  __syncthreads();
+  const acc_t pj = p[lane];
+  acc_t* pan = pa + (n * K + k) * C;
+  for (int64_t c = wid; c < C; c += nw) {
+    acc_t v = valid ? pj * static_cast<acc_t>(xj[c * HW]) : acc_t(0);  // second read: L1/L2 hit
+    v = warp_sum(v);
+    if (lane == 0) pan[c] = v;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void context_partial_nhwc(const scalar_t* __restrict__ x, const acc_t* __restrict__ w, int64_t C,
+                                     int64_t HW, int K, acc_t* __restrict__ pm, acc_t* __restrict__ ps,
+                                     acc_t* __restrict__ pa) {
+  __shared__ acc_t p[kChunk];
+  const int lane = threadIdx.x % kWarp, wid = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  const int k = blockIdx.x;
+  const int64_t n = blockIdx.y;
+  const int64_t j0 = static_cast<int64_t>(k) * kChunk;
+  const int jn = static_cast<int>(HW - j0 < kChunk ? HW - j0 : kChunk);
+  const scalar_t* xc = x + (n * HW + j0) * C;  // x[n, j0 + j, c] = xc[j * C + c]
+
+  for (int j = wid; j < jn; j += nw) {
+    const scalar_t* xr = xc + j * C;
+    acc_t l = 0;
+    for (int64_t c = lane; c < C; c += kWarp) l += w[c] * static_cast<acc_t>(xr[c]);
+    l = warp_sum(l);
+    if (lane == 0) p[j] = l;
+  }
+  __syncthreads();
+  if (wid == 0) {
+    chunk_softmax(lane < jn ? p[lane] : acc_t(0), lane < jn, lane, p, pm + n * K + k, ps + n * K + k);
+  }
+  __syncthreads();
+  acc_t* pan = pa + (n * K + k) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    acc_t a = 0;
+    for (int j = 0; j < jn; ++j) a += p[j] * static_cast<acc_t>(xc[j * C + c]);
+    pan[c] = a;
+  }
+}
+
+// Merge the K chunk partials of sample blockIdx.y for channels blockIdx.x * 256 + [0, 256).
+template <typename scalar_t, typename acc_t>
+__global__ void context_combine(const acc_t* __restrict__ pm, const acc_t* __restrict__ ps,
+                                const acc_t* __restrict__ pa, int K, int64_t C, scalar_t* __restrict__ out,
+                                acc_t* __restrict__ lse) {
+  __shared__ acc_t scratch[kMaxWarps];
+  __shared__ acc_t scale[kCombineThreads];
+  const int64_t n = blockIdx.y;
+  const acc_t* m = pm + n * K;
+  const acc_t* s = ps + n * K;
+  acc_t M = neg_inf<acc_t>();
+  for (int k = threadIdx.x; k < K; k += blockDim.x) M = dev_max(M, m[k]);
+  M = block_reduce<true>(M, scratch);
+  acc_t S = 0;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) S += s[k] * dev_exp(m[k] - M);
+  S = block_reduce<false>(S, scratch);
+  const acc_t inv = acc_t(1) / S;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  acc_t v = 0;
+  for (int k0 = 0; k0 < K; k0 += blockDim.x) {
+    __syncthreads();
+    if (k0 + static_cast<int>(threadIdx.x) < K) scale[threadIdx.x] = dev_exp(m[k0 + threadIdx.x] - M) * inv;
+    __syncthreads();
+    const int kn = K - k0 < static_cast<int>(blockDim.x) ? K - k0 : static_cast<int>(blockDim.x);
+    if (c < C) {
+      for (int i = 0; i < kn; ++i) v += scale[i] * pa[(n * K + k0 + i) * C + c];
+    }
+  }
+  if (c < C) out[n * C + c] = static_cast<scalar_t>(v);
+  if (blockIdx.x == 0 && threadIdx.x == 0) lse[n] = M + dev_log(S);
+}
+
+// ---------------------------------------------------------------------------------------
+// gc_context backward: per (chunk k, sample n): grad_x of the chunk, pdw [(n*K + k) * C + c].
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kMaxWarps * kWarp) context_backward_nchw(const scalar_t* __restrict__ x, const acc_t* __restrict__ w,
+                                      const acc_t* __restrict__ g, const acc_t* __restrict__ gdot,
+                                      const acc_t* __restrict__ lse, int64_t C, int64_t HW, int K,
+                                      scalar_t* __restrict__ dx, acc_t* __restrict__ pdw) {
+  __shared__ acc_t part_l[kMaxWarps][kWarp];
+  __shared__ acc_t part_s[kMaxWarps][kWarp];
+  __shared__ acc_t pp[kWarp];
+  __shared__ acc_t pd[kWarp];
+  const int lane = threadIdx.x % kWarp, wid = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  const int k = blockIdx.x;
+  const int64_t n = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(k) * kChunk + lane;
+  const bool valid = j < HW;
+  const int64_t base = n * C * HW + j;  // element (n, c, j) at base + c * HW
+  const acc_t* gn = g + n * C;
+
+  acc_t l = 0, s = 0;
+  if (valid) {
+#pragma unroll 4
+    for (int64_t c = wid; c < C; c += nw) {
+      const acc_t v = static_cast<acc_t>(x[base + c * HW]);
+      l += w[c] * v;
+      s += gn[c] * v;
+    }
+  }
+  part_l[wid][lane] = l;
+  part_s[wid][lane] = s;
+  __syncthreads();
+  if (wid == 0) {
+    acc_t lj = 0, sj = 0;
+    for (int i = 0; i < nw; ++i) {
+      lj += part_l[i][lane];
+      sj += part_s[i][lane];
+    }
+    const acc_t pj = valid ? dev_exp(lj - lse[n]) : acc_t(0);
+    pp[lane] = pj;
+    pd[lane] = pj * (sj - gdot[n]);  // dL/dlogit_j
+  }
+  __syncthreads();
+  const acc_t pj = pp[lane], dl = pd[lane];
+  acc_t* pdwn = pdw + (n * K + k) * C;
+  for (int64_t c = wid; c < C; c += nw) {
+    acc_t v = 0;
+    if (valid) {
+      const int64_t i = base + c * HW;
+      dx[i] = static_cast<scalar_t>(pj * gn[c] + w[c] * dl);
+      v = dl * static_cast<acc_t>(x[i]);
+    }
+    v = warp_sum(v);
+    if (lane == 0) pdwn[c] = v;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void context_backward_nhwc(const scalar_t* __restrict__ x, const acc_t* __restrict__ w,
+                                      const acc_t* __restrict__ g, const acc_t* __restrict__ gdot,
+                                      const acc_t* __restrict__ lse, int64_t C, int64_t HW, int K,
+                                      scalar_t* __restrict__ dx, acc_t* __restrict__ pdw) {
+  __shared__ acc_t pp[kChunk];
+  __shared__ acc_t pd[kChunk];
+  const int lane = threadIdx.x % kWarp, wid = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  const int k = blockIdx.x;
+  const int64_t n = blockIdx.y;
+  const int64_t j0 = static_cast<int64_t>(k) * kChunk;
+  const int jn = static_cast<int>(HW - j0 < kChunk ? HW - j0 : kChunk);
+  const int64_t base = (n * HW + j0) * C;  // element (n, j0 + j, c) at base + j * C + c
+  const acc_t* gn = g + n * C;
+
+  for (int j = wid; j < jn; j += nw) {
+    const scalar_t* xr = x + base + j * C;
+    acc_t l = 0, s = 0;
+    for (int64_t c = lane; c < C; c += kWarp) {
+      const acc_t v = static_cast<acc_t>(xr[c]);
+      l += w[c] * v;
+      s += gn[c] * v;
+    }
+    l = warp_sum(l);
+    s = warp_sum(s);
+    if (lane == 0) {
+      const acc_t pj = dev_exp(l - lse[n]);
+      pp[j] = pj;
+      pd[j] = pj * (s - gdot[n]);
+    }
+  }
+  __syncthreads();
+  acc_t* pdwn = pdw + (n * K + k) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const acc_t gc = gn[c], wc = w[c];
+    acc_t a = 0;
+    for (int j = 0; j < jn; ++j) {
+      const int64_t i = base + j * C + c;
+      dx[i] = static_cast<scalar_t>(pp[j] * gc + wc * pd[j]);
+      a += pd[j] * static_cast<acc_t>(x[i]);
+    }
+    pdwn[c] = a;
+  }
+}
+
+// Threads per gc_context block: 8 warps, or 32 when there are too few blocks to fill the GPU
+// (small H*W, e.g. c5), so that each SM keeps enough loads in flight.
+int context_threads(const Dense4d& d, int64_t blocks) {
+  if (d.nhwc) return 256;
+  return blocks >= 4 * num_sms() ? 256 : 1024;
+}
+
+int64_t context_chunks(const Dense4d& d) {
+  TORCH_CHECK(d.N <= 65535, "gcrepro gc_context (CUDA): batch size ", d.N, " exceeds 65535");
+  const int64_t K = (d.HW + kChunk - 1) / kChunk;
+  TORCH_CHECK(K <= std::numeric_limits<int>::max(), "gcrepro gc_context (CUDA): H*W = ", d.HW, " is too large");
+  return K;
+}
+
+struct CudaContextKernels {
+  static std::tuple<Tensor, Tensor> context_forward(const Dense4d& d, const Tensor& w) {
+    const c10::cuda::CUDAGuard guard(d.t.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const int64_t N = d.N, C = d.C, HW = d.HW;
+    const int K = static_cast<int>(context_chunks(d));
+    const auto acc_opts = d.t.options().dtype(w.scalar_type());
+    Tensor pm = at::empty({N, K}, acc_opts);
+    Tensor ps = at::empty({N, K}, acc_opts);
+    Tensor pa = at::empty({N, K, C}, acc_opts);
+    Tensor context = at::empty({N, C}, d.t.options());
+    Tensor lse = at::empty({N}, acc_opts);
+    const dim3 grid(K, N);
+    const int threads = context_threads(d, static_cast<int64_t>(K) * N);
+    const dim3 combine_grid((C + kCombineThreads - 1) / kCombineThreads, N);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* x = d.t.const_data_ptr<scalar_t>();
+      const acc_t* wp = w.const_data_ptr<acc_t>();
+      if (d.nhwc) {
+        context_partial_nhwc<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
+            x, wp, C, HW, K, pm.mutable_data_ptr<acc_t>(), ps.mutable_data_ptr<acc_t>(), pa.mutable_data_ptr<acc_t>());
+      } else {
+        context_partial_nchw<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
+            x, wp, C, HW, K, pm.mutable_data_ptr<acc_t>(), ps.mutable_data_ptr<acc_t>(), pa.mutable_data_ptr<acc_t>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      context_combine<scalar_t, acc_t><<<combine_grid, kCombineThreads, 0, stream>>>(
+          pm.const_data_ptr<acc_t>(), ps.const_data_ptr<acc_t>(), pa.const_data_ptr<acc_t>(), K, C,
+          context.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return {context, lse};
+  }
+
+  static std::tuple<Tensor, Tensor> context_backward(const Dense4d& d, const Tensor& w, const Tensor& g,
+                                                     const Tensor& gdot, const Tensor& lse) {
+    const c10::cuda::CUDAGuard guard(d.t.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const int64_t N = d.N, C = d.C, HW = d.HW;
+    const int K = static_cast<int>(context_chunks(d));
+    Tensor grad_x = empty_4d(d.t, d.nhwc);
+    Tensor pdw = at::empty({N * K, C}, w.options());
+    const dim3 grid(K, N);
+    const int threads = context_threads(d, static_cast<int64_t>(K) * N);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* x = d.t.const_data_ptr<scalar_t>();
+      scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
+      if (d.nhwc) {
+        context_backward_nhwc<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
+            x, w.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(), gdot.const_data_ptr<acc_t>(),
+            lse.const_data_ptr<acc_t>(), C, HW, K, dx, pdw.mutable_data_ptr<acc_t>());
+      } else {
+        context_backward_nchw<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
+            x, w.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(), gdot.const_data_ptr<acc_t>(),
+            lse.const_data_ptr<acc_t>(), C, HW, K, dx, pdw.mutable_data_ptr<acc_t>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return {grad_x, pdw.sum(0)};
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// gc_add: a block walks rows of `len` contiguous elements (grid-stride over rows). NCHW: row
+// (n, c) with one term value; channels_last: row (n, position) with term row n.
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <typename scalar_t, typename acc_t, int V, bool kRes, bool kRelu>
+__global__ void add_rows(const scalar_t* __restrict__ x, const scalar_t* __restrict__ r, const acc_t* __restrict__ t,
+                         scalar_t* __restrict__ out, int64_t rows, int64_t len, int64_t HW, bool nhwc) {
+  using P = Pack<scalar_t, V>;
+  const int64_t packs = len / V;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t off = row * len;
+    const acc_t* trow = nhwc ? t + (row / HW) * len : t + row;
+    const acc_t t0 = nhwc ? acc_t(0) : trow[0];
+    for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
+      const P xv = reinterpret_cast<const P*>(x + off)[i];
+      P rv;
+      if constexpr (kRes) rv = reinterpret_cast<const P*>(r + off)[i];
+      P ov;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        acc_t v = static_cast<acc_t>(xv.v[e]) + (nhwc ? trow[i * V + e] : t0);
+        if constexpr (kRes) v += static_cast<acc_t>(rv.v[e]);
+        if constexpr (kRelu) v = v < acc_t(0) ? acc_t(0) : v;  // keeps NaN, like torch.relu
+        ov.v[e] = static_cast<scalar_t>(v);
+      }
+      reinterpret_cast<P*>(out + off)[i] = ov;
+    }
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// gc_add_relu_backward, NCHW: one block per row (n, c): mask, store, block sum.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void relu_backward_rows(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
+                                   scalar_t* __restrict__ gi, acc_t* __restrict__ gt, int64_t len) {
+  using P = Pack<scalar_t, V>;
+  __shared__ acc_t scratch[kMaxWarps];
+  const int64_t row = blockIdx.x;
+  const int64_t off = row * len;
+  acc_t sum = 0;
+  for (int64_t i = threadIdx.x; i < len / V; i += blockDim.x) {
+    const P gv = reinterpret_cast<const P*>(g + off)[i];
+    const P yv = reinterpret_cast<const P*>(y + off)[i];
+    P ov;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      ov.v[e] = static_cast<acc_t>(yv.v[e]) > acc_t(0) ? gv.v[e] : scalar_t(0);
+      sum += static_cast<acc_t>(ov.v[e]);
+    }
+    reinterpret_cast<P*>(gi + off)[i] = ov;
+  }
+  sum = block_reduce<false>(sum, scratch);
+  if (threadIdx.x == 0) gt[row] = sum;
+}
+
+// gc_add_relu_backward, channels_last: block (32 channels, 8 position lanes) over one range of
+// positions of sample blockIdx.y; partial sums per range: part [S, N, C] (summed on the host).
+template <typename scalar_t, typename acc_t>
+__global__ void relu_backward_nhwc(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
+                                   scalar_t* __restrict__ gi, acc_t* __restrict__ part, int64_t C, int64_t HW,
+                                   int64_t per) {
+  __shared__ acc_t red[8][kWarp];
+  const int64_t n = blockIdx.y, split = blockIdx.z;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
+  const int64_t jb = split * per;
+  const int64_t je = jb + per < HW ? jb + per : HW;
+  acc_t sum = 0;
+  if (c < C) {
+    for (int64_t j = jb + threadIdx.y; j < je; j += blockDim.y) {
+      const int64_t i = (n * HW + j) * C + c;
+      const scalar_t v = static_cast<acc_t>(y[i]) > acc_t(0) ? g[i] : scalar_t(0);
+      gi[i] = v;
+      sum += static_cast<acc_t>(v);
+    }
+  }
+  red[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int i = 1; i < static_cast<int>(blockDim.y); ++i) sum += red[i][threadIdx.x];
+    part[(split * gridDim.y + n) * C + c] = sum;
+  }
+}
+
+template <typename scalar_t, int V, bool kRes, bool kRelu>
+void launch_add(const Dense4d& d, const Tensor& t, const Tensor& res, Tensor& out, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = d.nhwc ? d.N * d.HW : d.N * d.C;
+  const int64_t len = d.nhwc ? d.C : d.HW;
+  const int64_t packs = len / V;
+  const int threads = static_cast<int>(std::min<int64_t>(256, (packs + kWarp - 1) / kWarp * kWarp));
+  const int64_t blocks = std::min<int64_t>(rows, static_cast<int64_t>(num_sms()) * 32);
+  add_rows<scalar_t, acc_t, V, kRes, kRelu><<<blocks, threads, 0, stream>>>(
+      d.t.const_data_ptr<scalar_t>(), kRes ? res.const_data_ptr<scalar_t>() : nullptr, t.const_data_ptr<acc_t>(),
+      out.mutable_data_ptr<scalar_t>(), rows, len, d.HW, d.nhwc);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, bool kRes, bool kRelu>
+void dispatch_add_vec(const Dense4d& d, const Tensor& t, const Tensor& res, Tensor& out, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(scalar_t);
+  const int64_t len = d.nhwc ? d.C : d.HW;
+  const bool vec = len % V == 0 && aligned16(d.t.const_data_ptr()) && aligned16(out.const_data_ptr()) &&
+                   (!kRes || aligned16(res.const_data_ptr()));
+  if (vec) launch_add<scalar_t, V, kRes, kRelu>(d, t, res, out, stream);
+  else launch_add<scalar_t, 1, kRes, kRelu>(d, t, res, out, stream);
+}
+
+struct CudaAddKernels {
+  static Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu) {
+    const c10::cuda::CUDAGuard guard(d.t.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    Tensor out = empty_4d(d.t, d.nhwc);
+    const bool has_res = res.defined();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_cuda", [&] {
+      if (has_res && relu) dispatch_add_vec<scalar_t, true, true>(d, t, res, out, stream);
+      else if (has_res) dispatch_add_vec<scalar_t, true, false>(d, t, res, out, stream);
+      else if (relu) dispatch_add_vec<scalar_t, false, true>(d, t, res, out, stream);
+      else dispatch_add_vec<scalar_t, false, false>(d, t, res, out, stream);
+    });
+    return out;
+  }
+
+  static std::tuple<Tensor, Tensor> add_relu_backward(const Dense4d& d, const Tensor& grad) {
+    const c10::cuda::CUDAGuard guard(d.t.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const int64_t N = d.N, C = d.C, HW = d.HW;
+    Tensor grad_in = empty_4d(d.t, d.nhwc);
+    const auto acc_opts = d.t.options().dtype(acc_type(d.t.scalar_type()));
+    Tensor grad_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_relu_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* g = grad.const_data_ptr<scalar_t>();
+      const scalar_t* y = d.t.const_data_ptr<scalar_t>();
+      scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+      if (!d.nhwc) {
+        grad_t = at::empty({N, C}, acc_opts);
+        constexpr int V = 16 / sizeof(scalar_t);
+        const bool vec = HW % V == 0 && aligned16(g) && aligned16(y) && aligned16(gi);
+        const int threads = static_cast<int>(std::min<int64_t>(256, ((vec ? HW / V : HW) + kWarp - 1) / kWarp * kWarp));
+        if (vec) {
+          relu_backward_rows<scalar_t, acc_t, V><<<N * C, threads, 0, stream>>>(g, y, gi, grad_t.mutable_data_ptr<acc_t>(), HW);
+        } else {
+          relu_backward_rows<scalar_t, acc_t, 1><<<N * C, threads, 0, stream>>>(g, y, gi, grad_t.mutable_data_ptr<acc_t>(), HW);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      } else {
+        TORCH_CHECK(N <= 65535, "gcrepro gc_add_relu_backward (CUDA): batch size ", N, " exceeds 65535");
+        const int64_t cblocks = (C + kWarp - 1) / kWarp;
+        const int64_t want = (4 * num_sms() + cblocks * N - 1) / (cblocks * N);
+        const int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, (HW + 7) / 8, 65535}));
+        const int64_t per = (HW + splits - 1) / splits;
+        Tensor part = at::empty({splits, N, C}, acc_opts);
+        relu_backward_nhwc<scalar_t, acc_t><<<dim3(cblocks, N, splits), dim3(kWarp, 8), 0, stream>>>(
+            g, y, gi, part.mutable_data_ptr<acc_t>(), C, HW, per);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        grad_t = part.sum(0);
+      }
+    });
+    return {grad_in, grad_t};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gcrepro, CUDA, m) {
+  m.impl("gc_context", &gc_context_op<CudaContextKernels>);
+  m.impl("gc_context_backward", &gc_context_backward_op<CudaContextKernels>);
+  m.impl("gc_add", &gc_add_op<CudaAddKernels>);
+  m.impl("gc_add_relu_backward", &gc_add_relu_backward_op<CudaAddKernels>);
+}
+
+}  // namespace gcrepro

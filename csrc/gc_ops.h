@@ -1,0 +1,182 @@
+// Host-side glue shared by the CPU and CUDA kernels of the GC ops (schemas: gc_ops.cpp).
+//
+// Every op body below is device-generic: it validates the inputs, picks the memory layout,
+// converts the small [C] / [N, C] operands to the accumulation type and calls the device's
+// `Kernels` struct (cpu/gc_kernels_cpu.cpp, cuda/gc_kernels.cu), which only sees raw,
+// dense tensors. The bias of conv_mask never reaches a kernel: it shifts every logit of a
+// sample equally, so the softmax ignores it; it is added to the returned log-sum-exp only.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+
+namespace gcrepro {
+
+using at::Tensor;
+
+// Accumulation type: fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 inputs.
+inline at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// x viewed as a dense [N, C, HW] (NCHW) or [N, HW, C] (NHWC, channels_last) array.
+struct Dense4d {
+  Tensor t;      // dense in the layout below (the input itself unless it was not dense)
+  bool nhwc;     // true: channels_last memory, channel index fastest
+  int64_t N, C, HW;
+};
+
+// Kernels support contiguous NCHW and channels_last natively. Any other stride pattern
+// (a slice, a permutation other than channels_last) is copied to contiguous NCHW first:
+// that copy is one extra read+write of x, only for such unusual inputs.
+inline Dense4d as_dense(const Tensor& x) {
+  Dense4d d;
+  d.N = x.size(0);
+  d.C = x.size(1);
+  d.HW = x.size(2) * x.size(3);
+  if (x.is_contiguous()) {
+    d.t = x;
+    d.nhwc = false;
+  } else if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    d.t = x;
+    d.nhwc = true;
+  } else {
+    d.t = x.contiguous();  // documented copy: non-dense input
+    d.nhwc = false;
+  }
+  return d;
+}
+
+// A second [N, C, H, W] operand (residual, incoming gradient) in the layout of `like`.
+// A mismatched layout costs one copy of that operand (the kernels index both the same way).
+inline Tensor in_layout(const Tensor& t, bool nhwc) {
+  return nhwc ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
+}
+
+// An empty [N, C, H, W] tensor with the dense layout the kernels write.
+inline Tensor empty_4d(const Tensor& like, bool nhwc) {
+  return at::empty(like.sizes(), like.options().memory_format(
+                                     nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+}
+
+inline void check_x(const Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(x.size(1) >= 1 && x.size(2) * x.size(3) >= 1, op,
+              ": x needs C >= 1 and H*W >= 1, got shape ", x.sizes());
+}
+
+// A small operand with `numel` elements (w: [1, C, 1, 1] -> [C]; term: [N, C, 1, 1] -> [N, C])
+// as a contiguous tensor of the accumulation type on x's device.
+inline Tensor small_acc(const Tensor& v, const Tensor& x, int64_t numel, at::IntArrayRef shape,
+                        const char* op, const char* name) {
+  TORCH_CHECK(v.numel() == numel, op, ": ", name, " must have ", numel, " elements (shape ", shape,
+              "), got shape ", v.sizes());
+  TORCH_CHECK(v.device() == x.device(), op, ": ", name, " is on ", v.device(), " but x is on ", x.device());
+  TORCH_CHECK(at::isFloatingType(v.scalar_type()), op, ": ", name, " must be floating, got ", v.scalar_type());
+  return v.reshape(shape).to(acc_type(x.scalar_type())).contiguous();
+}
+
+// ---------------------------------------------------------------------------------------
+// gc_context(x, w, b) -> (context [N, C] in x's dtype, lse [N] in the accumulation type)
+//   logits_j = w . x[:, j] + b;  p = softmax_j(logits);  context[c] = sum_j p_j x[c, j]
+//   lse = log(sum_j exp(logits_j)) (saved for the backward: p_j = exp(logits_j - lse)).
+// Kernels::context_forward(Dense4d, w_acc [C]) -> (context [N, C], lse_without_bias [N]).
+template <class Kernels>
+std::tuple<Tensor, Tensor> gc_context_op(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b) {
+  constexpr const char* op = "gcrepro::gc_context";
+  check_x(x, op);
+  const Dense4d d = as_dense(x);
+  const Tensor wv = small_acc(w, x, d.C, {d.C}, op, "w (conv_mask weight)");
+  if (d.N == 0) {
+    return {at::empty({0, d.C}, x.options()), at::empty({0}, x.options().dtype(acc_type(x.scalar_type())))};
+  }
+  auto [context, lse] = Kernels::context_forward(d, wv);
+  if (b.has_value()) {
+    lse = lse + small_acc(*b, x, 1, {}, op, "b (conv_mask bias)");
+  }
+  return {context, lse};
+}
+
+// gc_context_backward(grad_context [N, C], grad_lse [N]?, x, w, b?, context, lse)
+//   -> (grad_x like x, grad_w like w). grad_b is sum(grad_lse) (the softmax cancels b):
+//   computed in Python, no kernel needed.
+//   With g = grad_context: dL/dlogit_j = p_j (g . x[:, j] - g . context + grad_lse),
+//   grad_x[c, j] = p_j g_c + w_c dL/dlogit_j,  grad_w[c] = sum_{n, j} dL/dlogit_j x[c, j].
+// Kernels::context_backward(Dense4d, w_acc [C], g_acc [N, C], gdot [N], lse_nb [N])
+//   -> (grad_x in x's layout, grad_w [C] accumulation type)
+template <class Kernels>
+std::tuple<Tensor, Tensor> gc_context_backward_op(const Tensor& grad_context, const c10::optional<Tensor>& grad_lse,
+                                                  const Tensor& x, const Tensor& w,
+                                                  const c10::optional<Tensor>& b, const Tensor& context,
+                                                  const Tensor& lse) {
+  constexpr const char* op = "gcrepro::gc_context_backward";
+  check_x(x, op);
+  const Dense4d d = as_dense(x);
+  const std::array<int64_t, 2> nc{d.N, d.C};  // (an IntArrayRef of a braced list would dangle)
+  const Tensor wv = small_acc(w, x, d.C, {d.C}, op, "w");
+  const Tensor g = small_acc(grad_context, x, d.N * d.C, nc, op, "grad_context");
+  const Tensor ctx = small_acc(context, x, d.N * d.C, nc, op, "context");
+  Tensor lse_nb = small_acc(lse, x, d.N, {d.N}, op, "lse");
+  if (b.has_value()) {
+    lse_nb = lse_nb - small_acc(*b, x, 1, {}, op, "b");
+  }
+  Tensor gdot = (g * ctx).sum(1);  // [N]: g . context
+  if (grad_lse.has_value()) {
+    gdot = gdot - small_acc(*grad_lse, x, d.N, {d.N}, op, "grad_lse");
+  }
+  if (d.N == 0) {
+    return {empty_4d(d.t, d.nhwc), at::zeros_like(w)};
+  }
+  auto [grad_x, grad_w] = Kernels::context_backward(d, wv, g, gdot.contiguous(), lse_nb.contiguous());
+  return {grad_x, grad_w.to(w.scalar_type()).view(w.sizes())};
+}
+
+// ---------------------------------------------------------------------------------------
+// gc_add(x, t, residual?, relu) -> out = x + t[:, :, None, None] (+ residual) (ReLU), in x's
+// dtype and layout; the sum is formed in the accumulation type and rounded once.
+// Kernels::add_forward(Dense4d x, t_acc [N, C], residual (same layout) or undefined, relu) -> out
+template <class Kernels>
+Tensor gc_add_op(const Tensor& x, const Tensor& t, const c10::optional<Tensor>& residual, bool relu) {
+  constexpr const char* op = "gcrepro::gc_add";
+  check_x(x, op);
+  const Dense4d d = as_dense(x);
+  const Tensor tv = small_acc(t, x, d.N * d.C, {d.N, d.C}, op, "t (the channel term)");
+  Tensor res;
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == x.sizes(), op, ": residual must have x's shape ", x.sizes(), ", got ",
+                residual->sizes());
+    TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual dtype ", residual->scalar_type(),
+                " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK(residual->device() == x.device(), op, ": residual is on ", residual->device(), " but x is on ",
+                x.device());
+    res = in_layout(*residual, d.nhwc);
+  }
+  if (d.N == 0) {
+    return empty_4d(d.t, d.nhwc);
+  }
+  return Kernels::add_forward(d, tv, res, relu);
+}
+
+// gc_add_relu_backward(grad_out, out) -> (grad_in = grad_out * (out > 0) in out's layout,
+//                                          grad_t = grad_in summed over HW [N, C], accumulation type)
+// (Without ReLU the backward is grad_out itself plus a plain sum over HW: done in Python.)
+template <class Kernels>
+std::tuple<Tensor, Tensor> gc_add_relu_backward_op(const Tensor& grad_out, const Tensor& out) {
+  constexpr const char* op = "gcrepro::gc_add_relu_backward";
+  check_x(out, op);
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == out.scalar_type() &&
+                  grad_out.device() == out.device(),
+              op, ": grad_out (", grad_out.sizes(), ", ", grad_out.scalar_type(), ", ", grad_out.device(),
+              ") must match out (", out.sizes(), ", ", out.scalar_type(), ", ", out.device(), ")");
+  const Dense4d d = as_dense(out);
+  const Tensor g = in_layout(grad_out, d.nhwc);
+  if (d.N == 0) {
+    return {empty_4d(d.t, d.nhwc), at::empty({0, d.C}, out.options().dtype(acc_type(out.scalar_type())))};
+  }
+  return Kernels::add_relu_backward(d, g);
+}
+
+}  // namespace gcrepro
