@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     )
     demo.add_argument("--runs-dir", type=Path, default=None, help="where the run folders go (default: runs/demo)")
     demo.add_argument("--force", action="store_true", help="re-run entries that completed before")
+    demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                      help="as for `gcrepro table run`, e.g. overrides.max_iters=50 for a quicker look; repeatable")
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -151,5 +153,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gcrepro.analysis.demo import run_demo
+    from gcrepro.analysis.notebook_params import ParameterError, parse_set_args
 
-    return run_demo(runs_dir=args.runs_dir, force=args.force)
+    try:
+        sets = parse_set_args(args.sets)
+    except ParameterError as exc:
+        return _fail("gcrepro demo", str(exc))
+    return run_demo(runs_dir=args.runs_dir, force=args.force, sets=sets)

@@ -18,7 +18,7 @@ def default_demo_dir() -> Path:
     return default_runs_dir() / "demo"
 
 
-def run_demo(*, runs_dir: Path | None = None, force: bool = False) -> int:
+def run_demo(*, runs_dir: Path | None = None, force: bool = False, sets: list[tuple[str, str]] = ()) -> int:
     """Run the demo table; print where the report and the figures are. Returns the exit code."""
     from gcrepro import entries as table
     from gcrepro.analysis.cli import table_run
@@ -27,7 +27,7 @@ def run_demo(*, runs_dir: Path | None = None, force: bool = False) -> int:
     names = [e.name for e in table.select_entries(rows=DEMO_ROWS)]
     print(f"gcrepro demo: toy table for rows {DEMO_ROWS} ({', '.join(names)}) on the CPU", flush=True)
     start = time.perf_counter()
-    code = table_run(names, runs_dir=runs_dir, profile="toy", force=force, prog="gcrepro demo")
+    code = table_run(names, runs_dir=runs_dir, profile="toy", force=force, sets=list(sets), prog="gcrepro demo")
     if code == 2:
         return code
     figures = sorted(p for name in names for p in (runs_dir / name / "attention").glob("*.png"))

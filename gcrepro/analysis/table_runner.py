@@ -21,8 +21,9 @@ from gcrepro.analysis import notebook_params as nbp
 from gcrepro.analysis import run_status
 
 KERNEL_NAME = "python3"
-# Keep the kernel's own log to errors: its start-up warnings would break the one-line-per-entry progress.
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# Keep the kernel's own log quiet: its start-up warning and shutdown messages would break the
+# one-line-per-entry progress (failures still reach status.json and the executed notebook).
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
