@@ -22,15 +22,19 @@
 namespace gcrepro {
 namespace {
 
-// Bytes of x per chunk: small enough that the second sweep hits L2.
+// Bytes of x per chunk: small enough that the second sweep hits L2...
 constexpr int64_t kChunkBytes = 128 * 1024;
+// ...except that for NCHW a chunk is C rows of `chunk` positions, H*W apart: rows shorter than
+// 4 KiB defeat the hardware prefetcher (and touch a page per row), which costs more than
+// re-reading a larger chunk from L3 (measured on c4/c5 shapes: 1.5-4x faster).
+constexpr int64_t kMinRowBytesNCHW = 4096;
 // Below this many elements of x the op runs on the calling thread: waking the thread pool
 // costs more than it saves (and gradcheck calls the op thousands of times on tiny inputs).
 constexpr int64_t kParallelElements = 1 << 16;
 
-int64_t chunk_positions(int64_t C, int64_t elem_size) {
-  const int64_t j = kChunkBytes / std::max<int64_t>(C * elem_size, 1);
-  return std::clamp<int64_t>(j / 16 * 16, 16, 2048);
+int64_t chunk_positions(int64_t C, int64_t elem_size, bool nhwc) {
+  const int64_t j = kChunkBytes / std::max<int64_t>(C * elem_size, 1) / 16 * 16;
+  return std::clamp<int64_t>(j, nhwc ? 16 : kMinRowBytesNCHW / elem_size, 4096);
 }
 
 struct Split {
@@ -40,9 +44,9 @@ struct Split {
   int64_t grain;   // at::parallel_for grain: 1, or all tasks (run inline) for small inputs
 };
 
-Split make_split(int64_t N, int64_t C, int64_t HW, int64_t elem_size) {
+Split make_split(int64_t N, int64_t C, int64_t HW, int64_t elem_size, bool nhwc) {
   Split s;
-  s.chunk = chunk_positions(C, elem_size);
+  s.chunk = chunk_positions(C, elem_size, nhwc);
   const int64_t chunks = (HW + s.chunk - 1) / s.chunk;
   const bool parallel = N * C * HW >= kParallelElements && at::get_num_threads() > 1;
   const int64_t want = parallel ? (2 * at::get_num_threads() + N - 1) / N : 1;  // ~2 tasks per thread
@@ -253,7 +257,7 @@ void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, c
 
 struct CpuContextKernels {
   static std::tuple<Tensor, Tensor> context_forward(const Dense4d& d, const Tensor& w) {
-    const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size());
+    const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
     const auto acc_opts = d.t.options().dtype(w.scalar_type());
     Tensor part_m = at::empty({d.N, sp.splits}, acc_opts);
     Tensor part_s = at::empty({d.N, sp.splits}, acc_opts);
@@ -268,7 +272,7 @@ struct CpuContextKernels {
 
   static std::tuple<Tensor, Tensor> context_backward(const Dense4d& d, const Tensor& w, const Tensor& g,
                                                      const Tensor& gdot, const Tensor& lse) {
-    const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size());
+    const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
     Tensor grad_x = empty_4d(d.t, d.nhwc);
     Tensor part_dw = at::empty({d.N * sp.splits, d.C}, w.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_backward_cpu", [&] {
