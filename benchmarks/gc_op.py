@@ -172,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     parser.add_argument("--layout", choices=["contiguous", "channels_last"], default="contiguous")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 7 cpu, 50 cuda)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); default: torch's. On a machine shared with "
+                             "other jobs, 1 avoids thread-pool barriers waiting for a descheduled worker")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("gc_op.json"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
