@@ -72,6 +72,7 @@ class Hook:
     def after_step(self, trainer: Trainer, record: StepRecord) -> None: ...
     def after_epoch(self, trainer: Trainer) -> None: ...
     def after_train(self, trainer: Trainer) -> None: ...
+    def on_error(self, trainer: Trainer) -> None: ...
 
 
 class Trainer:
@@ -153,6 +154,16 @@ class Trainer:
         self.model.train()
         for hook in self.hooks:
             hook.before_train(self)
+        try:
+            self._loop()
+        except BaseException:
+            for hook in self.hooks:
+                hook.on_error(self)
+            raise
+        for hook in self.hooks:
+            hook.after_train(self)
+
+    def _loop(self) -> None:
         while self.iteration < self.max_iter:
             n_batches = len(self.data)
             tick = time.perf_counter()
@@ -171,8 +182,6 @@ class Trainer:
                     hook.after_epoch(self)
             if n_batches == 0:
                 raise RuntimeError(f"epoch {self.epoch}: the training loader yields no batches")
-        for hook in self.hooks:
-            hook.after_train(self)
 
     def run_step(self, images: list[torch.Tensor], targets: list[dict], *, data_time: float, start: float) -> StepRecord:
         images, targets = _to_device(images, targets, self.device, self.cfg.channels_last)
@@ -266,6 +275,9 @@ class MetricsLogger(Hook):
     def after_train(self, trainer: Trainer) -> None:
         self.flush()
 
+    def on_error(self, trainer: Trainer) -> None:
+        self.flush()
+
 
 class ProgressBar(Hook):
     """A tqdm bar over all iterations on rank 0 (loss and lr in the postfix)."""
@@ -291,6 +303,16 @@ class ProgressBar(Hook):
             self.bar.close()
             self.bar = None
 
+    def on_error(self, trainer: Trainer) -> None:
+        self.after_train(trainer)
+
+
+def _first_non_finite(model: nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
 
 class Checkpointer(Hook):
     """Saves every ``interval`` steps (0: at each epoch end) and at the end of training.
@@ -307,6 +329,12 @@ class Checkpointer(Hook):
     def save(self, trainer: Trainer) -> None:
         if self.saved_at == trainer.iteration:
             return
+        bad = _first_non_finite(trainer.bare_model)
+        if bad is not None:  # never replace the last good checkpoint with a broken state
+            raise NonFiniteLossError(
+                f"iteration {trainer.iteration}: parameter {bad} is not finite after the update; checkpoint "
+                f"not written (last good checkpoint: {trainer.last_checkpoint or 'none written yet'})"
+            )
         rng = dist.all_gather_object(ckpt.capture_rng_state())
         if dist.is_main_process():
             trainer.last_checkpoint = ckpt.save_checkpoint(
