@@ -103,7 +103,10 @@ _NOT_SETTABLE = ("entry", "profile", "data", "data_kind", "model")
 # entry's schedule by TOY_EPOCH_DIVISOR (1x: 12 -> 2 epochs, steps at the same fractions).
 TOY_PROFILE: dict[str, Any] = {
     "warmup_iters": 50,  # the paper's 500 would cover most of a toy run
-    "base_lr": 0.04,  # 2x the paper's lr per 16 images: the small toy model tolerates it, learns faster
+    # 8x the paper's lr per 16 images (0.02 at the toy's batch of 2): a from-scratch toy run learns
+    # faster with it (measured box AP after 2 toy epochs, row 1: 4.1 at 0.04, 5.7 at 0.08, 10.0 at 0.16;
+    # 0.32 collapses to AP 0)
+    "base_lr": 0.16,
     "num_workers": 0,  # toy images load in ~5 ms; a loader process beside 2 compute threads on 2 cores
     # oversubscribes them (measured: 0.2 -> 0.6-8 s per iteration)
     "log_interval": 10,
@@ -122,6 +125,9 @@ TOY_MODEL: dict[str, Any] = {
     "box_batch_size_per_image": 128,  # paper (upstream rcnn sampler num): 512
     "rpn_pre_nms_top_n_train": 500,  # paper (upstream rpn_proposal nms_pre): 2000
     "rpn_post_nms_top_n_train": 500,  # paper (upstream rpn_proposal max_num): 2000
+    # Trained from scratch, a frozen stem + layer1 would stay random forever (the paper freezes
+    # them because they come from ImageNet). Measured box AP after 2 toy epochs, row 1: 10.0 -> 12.9.
+    "frozen_stages": 0,  # paper (upstream backbone frozen_stages): 1
 }
 
 
