@@ -262,36 +262,16 @@ def _train_here(
                         latest, trainer.iteration, trainer.epoch, trainer.iter_in_epoch)
             if rank == 0:
                 _trim_metrics_jsonl(work_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
-        elif rank == 0:
+        elif rank == 0:  # a fresh run: no log lines or metrics of an earlier, checkpoint-less attempt
             (work_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (work_dir / "metrics.json").unlink(missing_ok=True)
         if trainer.iteration >= max_iter:
             logger.info("nothing to do: the run already finished at iteration %d", trainer.iteration)
             return ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
         trainer.run()
 
-        mem, mem_kind = peak_memory_bytes(device)
-        mem = dist.reduce_max(float(mem), device)
-        s_per_iter = trainer.timer.mean()
-        if rank == 0:
-            config = cfg.to_dict()
-            config["differs_from_paper"] = diffs
-            config["lr"] = lr
-            config["total_batch"] = cfg.total_batch(world)
-            config["world_size"] = world
-            config["iters_per_epoch"] = iters_per_epoch
-            config["model_profile_changes"] = _model_profile_changes(profile)
-            update_metrics_json(work_dir, {
-                "entry": entry_obj.name,
-                "profile": profile,
-                "data": kind,
-                "iterations": trainer.iteration,
-                "mem_gb": round(mem / GIB, 3),
-                "mem_kind": mem_kind,
-                "train_s_per_iter": round(s_per_iter, 4) if s_per_iter is not None else None,
-                "train_images_per_s": round(cfg.total_batch(world) / s_per_iter, 3) if s_per_iter else None,
-                **run_info(device, world),
-                "config": config,
-            })
+        _write_train_metrics(work_dir, trainer=trainer, entry=entry_obj.name, kind=kind, lr=lr, diffs=diffs,
+                             iters_per_epoch=iters_per_epoch)
         final = ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
         logger.info("finished %d iterations; final checkpoint %s", trainer.iteration, final)
         return final
@@ -301,6 +281,42 @@ def _train_here(
         _flush_denormals(device, False)
         if owns_group:
             dist.destroy_distributed()
+
+
+def _write_train_metrics(
+    work_dir: Path,
+    *,
+    trainer: Any,
+    entry: str,
+    kind: str,
+    lr: float,
+    diffs: dict[str, Any],
+    iters_per_epoch: int,
+) -> None:
+    """Training's part of metrics.json (SPEC §5): memory (max over ranks), s/iter, provenance, config."""
+    cfg, device, world = trainer.cfg, trainer.device, dist.get_world_size()
+    mem, mem_kind = peak_memory_bytes(device)
+    mem = dist.reduce_max(float(mem), device)  # collective: every rank takes part
+    if dist.get_rank() != 0:
+        return
+    s_per_iter = trainer.timer.mean()
+    config = cfg.to_dict()
+    config.update(
+        differs_from_paper=diffs, lr=lr, total_batch=cfg.total_batch(world), world_size=world,
+        iters_per_epoch=iters_per_epoch, model_profile_changes=_model_profile_changes(cfg.profile),
+    )
+    update_metrics_json(work_dir, {
+        "entry": entry,
+        "profile": cfg.profile,
+        "data": kind,
+        "iterations": trainer.iteration,
+        "mem_gb": round(mem / GIB, 3),
+        "mem_kind": mem_kind,
+        "train_s_per_iter": round(s_per_iter, 4) if s_per_iter is not None else None,
+        "train_images_per_s": round(cfg.total_batch(world) / s_per_iter, 3) if s_per_iter else None,
+        **run_info(device, world),
+        "config": config,
+    })
 
 
 def evaluate(
@@ -345,7 +361,11 @@ def _evaluate_here(
     from gcrepro.engine.inference import run_inference
 
     state = ckpt.load_checkpoint(checkpoint, map_location="cpu")
+    checkpoint_iteration = state.get("iteration")
     saved = TrainConfig.from_dict(state["config"]) if isinstance(state.get("config"), dict) else None
+    if data is None and saved is not None and saved.data_kind == "coco" and saved.data:
+        data = saved.data  # a COCO-trained checkpoint evaluates on its own dataset, not the toy default
+        logger.info("evaluate: no --data given; using the checkpoint's dataset %s", data)
     entry_obj, root, kind, profile = _resolve(entry, data, profile or (saved.profile if saved else None))
     if saved is not None and saved.entry and saved.entry != entry_obj.name:
         raise ValueError(f"checkpoint {checkpoint} was trained for {saved.entry}, not {entry_obj.name}")
@@ -385,7 +405,8 @@ def _evaluate_here(
         if rank != 0:
             return {}
         fps = timing.fps
-        eval_info = {"checkpoint": str(checkpoint), "images": len(dataset), "world_size": world,
+        eval_info = {"checkpoint": str(checkpoint), "checkpoint_iteration": checkpoint_iteration,
+                     "images": len(dataset), "world_size": world,
                      "inf_images_timed": timing.images_timed, **run_info(device, world)}
         provenance = {k: eval_info[k] for k in ("hardware", "versions", "git_commit")}
         current = _read_metrics(work_dir)

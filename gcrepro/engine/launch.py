@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -180,5 +181,9 @@ def launch(
 
 
 def _last_error_line(tail: deque[str]) -> str:
+    """The worker's last error line, without torch's ``[rankN]:`` prefix and the exception's module path."""
     lines = [line for line in tail if not line.lstrip().startswith(("File ", "^", "~"))]
-    return lines[-1].strip() if lines else "(no output)"
+    if not lines:
+        return "(no output)"
+    line = re.sub(r"^\[rank\d+\]:\s*", "", lines[-1].strip())
+    return re.sub(r"^(?:\w+\.)+(\w+(?:Error|Exception)\b)", r"\1", line)
