@@ -400,7 +400,7 @@ def _evaluate_here(
         logger.info("evaluate %s from %s on %s val (%d images), %d process(es) on %s",
                     entry_obj.name, checkpoint, kind, len(dataset), world, device)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        timing = run_inference(model, loader, evaluator, device=device, amp_dtype=amp, channels_last=cfg.channels_last)
+        timing = run_inference(model, loader, evaluator, device=device, amp_dtype=amp)
         metrics = evaluator.evaluate()
         if rank != 0:
             return {}

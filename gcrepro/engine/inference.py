@@ -42,7 +42,6 @@ def run_inference(
     *,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
     warmup: int = WARMUP_IMAGES,
     progress: bool = True,
 ) -> InferenceTiming:
@@ -58,9 +57,7 @@ def run_inference(
     seconds = 0.0
     tick = time.perf_counter()
     for images, targets in loader:
-        images = [img.to(device, non_blocking=device.type == "cuda") for img in images]
-        if channels_last:
-            images = [img.contiguous(memory_format=torch.channels_last) for img in images]
+        images = [img.to(device, non_blocking=device.type == "cuda") for img in images]  # [3, H, W] each
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images)
         outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]

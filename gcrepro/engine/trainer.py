@@ -55,11 +55,11 @@ class StepRecord:
     memory_mb: float  # peak so far: CUDA max allocated, or CPU peak RSS
 
 
-def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device, channels_last: bool):
+def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
+    # images [3, H, W] each: the model batches them itself; channels_last is the model's weights' format
+    # (convolutions then produce channels_last outputs from the first conv on).
     non_blocking = device.type == "cuda"
     images = [img.to(device, non_blocking=non_blocking) for img in images]
-    if channels_last:
-        images = [img.contiguous(memory_format=torch.channels_last) if img.dim() == 4 else img for img in images]
     targets = [
         {k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
         for t in targets
@@ -184,7 +184,7 @@ class Trainer:
                 raise RuntimeError(f"epoch {self.epoch}: the training loader yields no batches")
 
     def run_step(self, images: list[torch.Tensor], targets: list[dict], *, data_time: float, start: float) -> StepRecord:
-        images, targets = _to_device(images, targets, self.device, self.cfg.channels_last)
+        images, targets = _to_device(images, targets, self.device)
         lr = self.schedule.lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             loss_dict = self.model(images, targets)
