@@ -119,3 +119,34 @@ def api_initial_weights(data: Path) -> dict[str, torch.Tensor]:
                       data_kind="coco", overrides=EXACT_OVERRIDES)
     api._seed_everything(cfg.seed)
     return build_model(1, num_classes=3, profile="toy", **cfg.model).state_dict()
+
+
+def test_syncbn_row_trains_on_two_cpu_processes(tmp_path: Path) -> None:
+    """DDP refuses SyncBatchNorm on CPU; the engine falls back to per-process BatchNorm2d."""
+    data = write_two_image_coco(tmp_path / "data")
+    final = api.train("mask_rcnn_r50_fpn_syncbn_1x", data=data, work_dir=tmp_path / "w", profile="toy",
+                      overrides={"min_size": 64, "max_size": 64}, images_per_gpu=1, nprocs=2, **RUN_OVERRIDES)
+    log = (tmp_path / "w" / "log.txt").read_text()
+    assert "SyncBN on CPU" in log and "per-process batch statistics" in log
+    state = load_checkpoint(Path(final))["model"]
+    # the checkpoint keeps SyncBN's keys, so the entry's own (SyncBatchNorm) model loads it
+    from gcrepro.modeling.build import build_model
+
+    model = build_model("mask_rcnn_r50_fpn_syncbn_1x", num_classes=3, profile="toy", min_size=64, max_size=64)
+    model.load_state_dict(state)
+
+
+def test_revert_sync_batchnorm_keeps_parameters_and_keys() -> None:
+    from torch import nn
+
+    from gcrepro.engine.dist import revert_sync_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.Sequential(nn.SyncBatchNorm(4)))
+    model[1].running_mean.fill_(0.5)
+    weight = model[1].weight
+    keys = set(model.state_dict())
+    reverted = revert_sync_batchnorm(model)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in reverted.modules())
+    assert type(reverted[1]) is nn.BatchNorm2d and type(reverted[2][0]) is nn.BatchNorm2d
+    assert reverted[1].weight is weight and torch.all(reverted[1].running_mean == 0.5)
+    assert set(reverted.state_dict()) == keys

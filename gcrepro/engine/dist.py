@@ -115,24 +115,47 @@ def count_sync_bn(model: nn.Module) -> int:
     return sum(1 for m in model.modules() if isinstance(m, nn.SyncBatchNorm))
 
 
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.SyncBatchNorm`` by an ``nn.BatchNorm2d`` holding the same parameters and buffers.
+
+    State-dict keys are identical, so checkpoints load into either model. (DDP refuses SyncBatchNorm
+    on CPU: "SyncBatchNorm layers only work with GPU modules".)
+    """
+    if isinstance(module, nn.SyncBatchNorm):
+        bn = nn.BatchNorm2d(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                            track_running_stats=module.track_running_stats)
+        if module.affine:
+            bn.weight, bn.bias = module.weight, module.bias  # the same Parameters (requires_grad kept)
+        bn.running_mean, bn.running_var = module.running_mean, module.running_var
+        bn.num_batches_tracked = module.num_batches_tracked
+        bn.train(module.training)
+        return bn
+    for name, child in module.named_children():
+        new = revert_sync_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
 def prepare_sync_bn(model: nn.Module, *, norm: str, device: torch.device) -> nn.Module:
-    """SyncBN entries (SPEC §2): keep the model's SyncBatchNorm layers on GPUs; explain the CPU fallback.
+    """SyncBN entries (SPEC §2): keep the model's SyncBatchNorm layers on GPUs; per-process BN on CPU.
 
     gcrepro's models already hold ``gcrepro.modeling.norm.SyncBatchNorm`` where statistics move
-    (and FrozenStatsBatchNorm2d elsewhere, which must NOT be converted), so nothing is converted
-    here; a SyncBN entry whose model holds no SyncBatchNorm (a plain torchvision model) gets its
-    trainable ``nn.BatchNorm2d`` layers converted on GPU. On CPU the layers normalise per process.
+    (and FrozenStatsBatchNorm2d elsewhere, which must NOT be converted), so nothing is converted on
+    GPUs; a SyncBN entry whose model holds no SyncBatchNorm (a plain torchvision model) gets its
+    ``nn.BatchNorm2d`` layers converted there. On CPU with several gloo ranks the SyncBatchNorm
+    layers become ``nn.BatchNorm2d`` (per-process statistics; same state-dict keys), with a log line.
     """
     if norm != "syncbn":
         return model
     n_sync = count_sync_bn(model)
     if n_sync == 0 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        n_sync = count_sync_bn(model)
-        logger.info("SyncBN: converted %d BatchNorm layers to SyncBatchNorm", n_sync)
-    if device.type != "cuda" and get_world_size() > 1:
+        logger.info("SyncBN: converted %d BatchNorm layers to SyncBatchNorm", count_sync_bn(model))
+    if device.type != "cuda" and get_world_size() > 1 and n_sync:
+        model = revert_sync_batchnorm(model)
         logger.info(
             "SyncBN on CPU: %d SyncBatchNorm layers normalise with per-process batch statistics "
-            "(no synchronisation across the %d gloo ranks)", n_sync, get_world_size(),
+            "(BatchNorm2d; gloo cannot synchronise them across the %d ranks)", n_sync, get_world_size(),
         )
     return model
