@@ -419,3 +419,19 @@ def test_rows_train_and_detect_on_cuda(row: int, profile: str) -> None:
     with torch.no_grad():
         out = model(images)
     assert all(d["boxes"].is_cuda and d["masks"].shape[1:] == (1, *im.shape[1:]) for d, im in zip(out, images))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_train_step_under_cpu_autocast(dtype: torch.dtype) -> None:
+    """AMP: anchors come out of autocast in low precision; the RPN matches them in fp32."""
+    torch.manual_seed(0)
+    model = gcrepro.build_model(1, num_classes=6, profile="toy").train()
+    images = [torch.rand(3, 96, 128) for _ in range(2)]
+    masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    masks[0, 20:70, 10:80] = 1
+    targets = [dict(boxes=torch.tensor([[10.0, 20, 80, 70]]), labels=torch.tensor([1]), masks=masks.clone()) for _ in images]
+    with torch.autocast("cpu", dtype=dtype):
+        losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()

@@ -192,6 +192,8 @@ class UpstreamRegionProposalNetwork(RegionProposalNetwork):
 
     def assign_targets_to_anchors(self, anchors: list[Tensor],
                                   targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+        # Under autocast the anchors arrive in bf16/fp16 (4-8 px steps at 800-1333 px): match in fp32.
+        anchors = [a.float() for a in anchors]
         if self.allowed_border is None and self.min_pos_iou is None:
             return super().assign_targets_to_anchors(anchors, targets)
         if self._image_sizes is None:
