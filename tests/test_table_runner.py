@@ -154,3 +154,21 @@ def test_kernel_check(monkeypatch) -> None:
     monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", lambda self, name: foreign)
     with pytest.raises(RuntimeError, match="runs /opt/other/bin/python, not this Python"):
         table_runner.check_kernel()
+
+
+def test_concurrent_entries_keep_isolation_and_order(tmp_path: Path, fake_notebooks: Path) -> None:
+    """jobs=2: entries run at once, each in its own folder; statuses and progress lines stay per entry."""
+    import io
+
+    runs = tmp_path / "runs"
+    plans = table_runner.plan_table(["good", "bad", "other"], runs_dir=runs, notebooks=fake_notebooks)
+    out = io.StringIO()
+    statuses = table_runner.run_table(plans, notebooks=fake_notebooks, jobs=2, stream=out)
+    assert [s["state"] for s in statuses] == ["done", "failed", "done"]  # plan order, whatever finished first
+    for name in ("good", "other"):
+        assert _calls(runs / name) == ["train", "evaluate", "attention"]
+        assert json.loads((runs / name / "metrics.json").read_text())["entry"] == name
+    assert _calls(runs / "bad") == ["train"]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith("[") for line in lines)  # one whole line per entry
+    assert any("bad:" in line and "FAILED" in line for line in lines)

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     run.add_argument("--profile", choices=("toy", "paper"), default="toy", help="toy (CPU-sized) or paper recipe (default toy)")
     run.add_argument("--gpus", type=int, default=0, help="GPUs per entry; 0 = CPU (default 0)")
     run.add_argument("--force", action="store_true", help="re-run entries that completed before")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="entries run at once (default 1; on a CPU the toy profile uses one thread per entry)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="a notebook parameter (NAME, or NOTEBOOK.NAME) or a training override "
                      "(overrides.KEY, e.g. overrides.max_iters=50); repeatable")
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     )
     demo.add_argument("--runs-dir", type=Path, default=None, help="where the run folders go (default: runs/demo)")
     demo.add_argument("--force", action="store_true", help="re-run entries that completed before")
+    demo.add_argument("--jobs", type=int, default=3, help="entries trained at once (default 3: one thread each)")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                       help="as for `gcrepro table run`, e.g. overrides.max_iters=50 for a quicker look; repeatable")
     demo.set_defaults(func=_cmd_demo)
@@ -58,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         return _fail("gcrepro table run", str(exc))
     return table_run(entries, runs_dir=args.runs_dir, data=args.data, profile=args.profile, gpus=args.gpus,
-                     sets=sets, force=args.force, prog="gcrepro table run")
+                     sets=sets, force=args.force, jobs=args.jobs, prog="gcrepro table run")
 
 
 def table_run(
@@ -70,6 +73,7 @@ def table_run(
     gpus: int = 0,
     sets: list[tuple[str, str]] = (),
     force: bool = False,
+    jobs: int = 1,
     prog: str = "gcrepro table run",
 ) -> int:
     """Validate everything, then run the entries and build the report. 0: all done; 1: something failed; 2: bad input."""
@@ -96,7 +100,7 @@ def table_run(
         plans = plan(data_root)
     print(f"data: {data_root}\nruns: {runs_dir}", flush=True)
     try:
-        statuses = table_runner.run_table(plans, force=force)
+        statuses = table_runner.run_table(plans, force=force, jobs=jobs)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
         return 130
@@ -159,4 +163,4 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         sets = parse_set_args(args.sets)
     except ParameterError as exc:
         return _fail("gcrepro demo", str(exc))
-    return run_demo(runs_dir=args.runs_dir, force=args.force, sets=sets)
+    return run_demo(runs_dir=args.runs_dir, force=args.force, sets=sets, jobs=args.jobs)

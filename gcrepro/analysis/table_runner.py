@@ -13,6 +13,8 @@ import dataclasses
 import re
 import shutil
 import sys
+import concurrent.futures
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -217,37 +219,49 @@ def run_table(
     force: bool = False,
     notebooks: Path | None = None,
     stream: TextIO | None = None,
+    jobs: int = 1,
 ) -> list[dict]:
-    """Run planned entries one after another; one progress line per entry. Returns each entry's status."""
+    """Run planned entries; one progress line per entry. Returns each entry's status (in plan order).
+
+    ``jobs`` > 1 runs that many entries at once (each in its own kernel process and run folder):
+    on a CPU the toy profile trains with one compute thread, so 2-3 entries share 2 cores well.
+    """
     stream = stream or sys.stdout
+    lock = threading.Lock()
 
-    def echo(text: str) -> None:
-        stream.write(text)
-        stream.flush()
-
-    results = []
-    for i, plan in enumerate(plans, 1):
+    def one(i: int, plan: EntryPlan) -> dict:
+        line: list[str] = []
+        echo = line.append if jobs > 1 else (lambda text: (stream.write(text), stream.flush()))
         echo(f"[{i}/{len(plans)}] {plan.entry}:")
         skip, why = (False, "") if force else completed(plan)
         if skip:
             echo(f" skipped, {why}\n")
-            results.append(run_status.read_status(plan.run_dir))
-            continue
-        # A failed or interrupted attempt with the same parameters resumes; anything else starts afresh.
-        fresh = force or not (plan.run_dir / run_status.STATUS_FILE).exists() or not _same_params(plan)
-        if fresh and plan.run_dir.exists() and any(plan.run_dir.iterdir()):
-            echo(" (previous results cleared)")
-        elif not fresh:
-            echo(" (resuming)")
-        t0 = time.perf_counter()
-        status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo)
-        took = time.perf_counter() - t0
-        if status["state"] == "done":
-            echo(f" -> done in {took:.0f}s: {_summary(plan.run_dir)}\n")
+            status = run_status.read_status(plan.run_dir)
         else:
-            echo(f" -> FAILED in {took:.0f}s: {status['error']} (see {status['failed_notebook']})\n")
-        results.append(status)
-    return results
+            # A failed or interrupted attempt with the same parameters resumes; anything else starts afresh.
+            fresh = force or not (plan.run_dir / run_status.STATUS_FILE).exists() or not _same_params(plan)
+            if fresh and plan.run_dir.exists() and any(plan.run_dir.iterdir()):
+                echo(" (previous results cleared)")
+            elif not fresh:
+                echo(" (resuming)")
+            t0 = time.perf_counter()
+            status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo)
+            took = time.perf_counter() - t0
+            if status["state"] == "done":
+                echo(f" -> done in {took:.0f}s: {_summary(plan.run_dir)}\n")
+            else:
+                echo(f" -> FAILED in {took:.0f}s: {status['error']} (see {status['failed_notebook']})\n")
+        if jobs > 1:
+            with lock:
+                stream.write("".join(line))
+                stream.flush()
+        return status
+
+    if jobs <= 1:
+        return [one(i, plan) for i, plan in enumerate(plans, 1)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, i, plan) for i, plan in enumerate(plans, 1)]
+        return [f.result() for f in futures]
 
 
 def run_report_notebook(runs_dir: Path, *, notebooks: Path | None = None) -> Path:
