@@ -10,7 +10,6 @@ a training run pays it every epoch), loading only: no model. Numbers are noisy o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from gcrepro.atomic import write_json_atomic
 from gcrepro.data import CocoInstances, build_loader, make_toy_dataset, set_epoch
 
 
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'workers':>8} {'images':>8} {'seconds':>8} {'images/s':>9}")
     for r in runs:
         print(f"{r['num_workers']:>8} {r['images']:>8} {r['seconds']:>8.2f} {r['images_per_s']:>9.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import platform
 import statistics
 import sys
@@ -37,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gcrepro.atomic import write_json_atomic
 from gcrepro import ops
 
 SHAPES = [(2, 512, 100, 152), (2, 1024, 50, 76), (2, 2048, 25, 38)]  # c3, c4, c5 of 2x800x1216
@@ -233,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "statistic": "median" if device.type == "cuda" else "min",
         "copy_bandwidth_gb_s": bandwidth / 1e9, "clone_bandwidth_gb_s": bandwidth_new / 1e9, "rows": rows, "targets": targets,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.json)
+    write_json_atomic(args.json, result)
     print(f"wrote {args.json}")
     return 0
 

@@ -12,7 +12,6 @@ the load average is recorded beside them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from gcrepro.atomic import write_json_atomic
 from gcrepro.entries import get_entry
 from gcrepro.modeling.backbone import build_resnet, gc_parameter_count
 from gcrepro.modeling.build import PROFILES, build_model
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         hardware=dict(machine=platform.machine(), processor=platform.processor(), cpus=os.cpu_count()),
         versions=dict(torch=torch.__version__, python=platform.python_version()),
     )
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, result)
     print(f"\nwrote {args.out}")
     return 0
 

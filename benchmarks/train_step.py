@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from gcrepro.atomic import write_json_atomic
 
 IMAGE_SIZE = (800, 1216)  # (H, W): a COCO-like image after the 800-pixel resize, already a multiple of 32
 BATCH = 2
@@ -92,7 +92,6 @@ def measure(name: str, model: torch.nn.Module, device, iters: int, warmup: int, 
     model.eval()
     infer_ms = timed(infer, iters, warmup)
     model.to("cpu")
-    del optimizer
     torch.cuda.empty_cache()
     return {"model": name, "train_ms": train_ms, "infer_ms": infer_ms, "train_mem_gb": train_mem}
 
@@ -164,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": [BATCH, 3, *IMAGE_SIZE], "precision": args.amp or "fp32/tf32", "iters": args.iters,
         "cudnn_benchmark": False, "rows": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.json)
+    write_json_atomic(args.json, result)
     print(f"wrote {args.json}")
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Protocol
 import pandas as pd
 
 from gcrepro.analysis import run_status
+from gcrepro.atomic import write_text_atomic
 from gcrepro.analysis.notebook_support import hardware_text
 
 
@@ -202,7 +203,7 @@ def write_report(runs_dir: Path, *, entries: Iterable[EntryLike] | None = None) 
         entries = gcrepro.list_entries()
     frame = report_frame(load_runs(runs_dir), entries)
     csv_path, html_path = runs_dir / "report.csv", runs_dir / "report.html"
-    run_status.write_text_atomic(csv_path, frame.to_csv(index=False, float_format="%.4g"))
+    write_text_atomic(csv_path, frame.to_csv(index=False, float_format="%.4g"))
     title = "gcrepro: GCNet table, reproduced" + (" (TOY data)" if (frame["data"] == "toy").any() else "")
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'>"
@@ -211,7 +212,7 @@ def write_report(runs_dir: Path, *, entries: Iterable[EntryLike] | None = None) 
         " tr:nth-child(even){background:#f6f8fa}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1>\n{style_report(frame).to_html()}\n</body></html>\n"
     )
-    run_status.write_text_atomic(html_path, page)
+    write_text_atomic(html_path, page)
     return frame, csv_path, html_path
 
 

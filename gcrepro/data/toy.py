@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gcrepro.atomic import write_json_atomic
 from gcrepro.data.errors import DataError
 from gcrepro.data.toy_shapes import CATEGORIES, annotation, render_image
 
@@ -91,18 +92,6 @@ def _write_split(out: Path, split: str, *, seed: int, count: int, image_size: in
     }
 
 
-def _write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _looks_like_toy(root: Path) -> bool:
     """True when deleting ``root`` cannot destroy anything but an (old or partial) toy dataset."""
     toy_names = {MANIFEST_NAME, "annotations", "train2017", "val2017"}
@@ -136,7 +125,7 @@ def make_toy_dataset(
     counts = {}
     for split, count in (("train", num_train), ("val", num_val)):
         coco = _write_split(out, split, seed=seed, count=count, image_size=image_size)
-        _write_json_atomic(out / "annotations" / f"instances_{split}2017.json", coco)
+        write_json_atomic(out / "annotations" / f"instances_{split}2017.json", coco, indent=None)
         counts[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
     manifest = {
         "generator": "gcrepro.data.toy",
@@ -147,7 +136,7 @@ def make_toy_dataset(
         "image_size": image_size,
         "counts": counts,
     }
-    _write_json_atomic(out / MANIFEST_NAME, manifest)
+    write_json_atomic(out / MANIFEST_NAME, manifest, indent=None)
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gcrepro.engine.atomic import atomic_open, fsync_dir
+from gcrepro.atomic import atomic_open, fsync_dir
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pth"

@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from gcrepro.engine import dist
-from gcrepro.engine.measure import atomic_write_json
+from gcrepro.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,6 @@ class COCOEvaluator:
         for iou_type in self.iou_types:
             results = [r for i in image_ids for r in merged[i][iou_type]]
             if self.output_dir is not None:
-                atomic_write_json(self.output_dir / f"{iou_type}.json", results, indent=None)
+                write_json_atomic(self.output_dir / f"{iou_type}.json", results, indent=None)
             metrics[iou_type] = summarize(self.coco_gt, results, iou_type, image_ids)
         return metrics

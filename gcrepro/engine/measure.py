@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gcrepro.engine.atomic import atomic_open
+from gcrepro.atomic import write_json_atomic
 
 METRICS_JSON = "metrics.json"
 GIB = 1024**3
@@ -126,13 +126,6 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
-    with atomic_open(path, "w") as f:
-        json.dump(data, f, indent=indent)
-        f.write("\n")
-    return Path(path)
-
-
 def update_metrics_json(work_dir: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
     """Merge ``updates`` into ``WORK_DIR/metrics.json`` (top-level keys replaced) atomically."""
     path = Path(work_dir) / METRICS_JSON
@@ -143,7 +136,7 @@ def update_metrics_json(work_dir: str | Path, updates: dict[str, Any]) -> dict[s
         except json.JSONDecodeError:
             current = {}
     current.update(updates)
-    atomic_write_json(path, current)
+    write_json_atomic(path, current)
     return current
 
 

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gcrepro.atomic import write_json_atomic
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
@@ -38,10 +40,7 @@ def run(spec_path: str) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     result = func(**spec.get("kwargs", {}))
     if os.environ.get("RANK", "0") == "0":
-        out = Path(spec["result"])
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"result": _jsonable(result)}))
-        os.replace(tmp, out)
+        write_json_atomic(spec["result"], {"result": _jsonable(result)}, indent=None)
     return 0
 
 

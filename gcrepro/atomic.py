@@ -5,6 +5,7 @@ A reader sees either the previous complete file or the new complete file, never 
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -48,3 +49,18 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` completely or not at all."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
+    """JSON (plus a final newline) to ``path``, completely or not at all."""
+    with atomic_open(path, "w") as f:
+        json.dump(data, f, indent=indent)
+        f.write("\n")
+    return Path(path)
