@@ -18,6 +18,8 @@ N*C*H*W tensor (one pass = one read or one write of it):
   block+res+relu  fwd 4 (+ read residual)
            fwd+bwd 10 (+ ReLU mask: read grad, read out, write grad_in; context: read x and grad_in,
                     write grad_x)
+On CPU the fused op's large outputs are backed by huge pages (csrc/cpu/huge_pages.h), torch's
+only with THP_MEM_ALLOC_ENABLE=1 in the environment: run once with it to compare like for like.
 Writes a table to stdout and JSON to benchmarks/gc_op.json (or --json).
 Targets: CPU fused >= 2x faster than the reference; CUDA (H100) fused forward within 2x the floor
 and >= 5x faster than the reference, forward+backward >= 3x faster.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -200,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_shape(shape, device, dtype, args.layout, repeat, warmup, bandwidth)
 
     stat = "median" if device.type == "cuda" else "min"
+    isa = f"   CPU kernels {ops.cpu_isa()}" if device.type == "cpu" else ""
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
     print(f"device: {device_name(device)}   torch {torch.__version__}   dtype {dtype}   layout {args.layout}"
-          f"   {stat} of {repeat} runs")
+          f"   {stat} of {repeat} runs{isa}" + ("   THP_MEM_ALLOC_ENABLE=1" if thp else ""))
     print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s into an existing tensor (the floor's), "
           f"{bandwidth_new / 1e9:.1f} GB/s into a new one (clone)")
     header = f"{'shape':<18} {'op':<15} {'mode':<8} {'ref ms':>9} {'fused ms':>9} {'speedup':>8} {'floor ms':>9} {'fused/floor':>11}"
@@ -229,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dtype": str(dtype).removeprefix("torch."), "layout": args.layout, "repeat": repeat,
+        "cpu_isa": ops.cpu_isa() if device.type == "cpu" else None, "thp_mem_alloc_enable": thp,
         "statistic": "median" if device.type == "cuda" else "min",
         "copy_bandwidth_gb_s": bandwidth / 1e9, "clone_bandwidth_gb_s": bandwidth_new / 1e9, "rows": rows, "targets": targets,
     }

@@ -1,12 +1,24 @@
-// Schemas of the GC block ops, declared once (kernels: cpu/gc_kernels_cpu.cpp, cuda/gc_kernels.cu;
+// Schemas of the GC block ops, declared once (kernels: cpu/gc_ops_cpu.cpp, cuda/gc_kernels.cu;
 // host glue: gc_ops.h; Python side: gcrepro/ops/fused.py adds fake kernels and autograd).
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/isa.h"
+
+namespace {
+// gcrepro._C.cpu_isa() -> "avx2" | "baseline": the vector ISA the CPU kernels run (cpu/isa.h).
+PyObject* py_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(gcrepro::cpu::cpu_isa_name()); }
+
+PyMethodDef methods[] = {
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "The vector ISA the CPU kernels run: 'avx2' or 'baseline'."},
+    {nullptr, nullptr, 0, nullptr},
+};
+}  // namespace
+
 extern "C" {
 // `import gcrepro._C` loads this library, which registers the ops below with the dispatcher.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -15,9 +27,9 @@ TORCH_LIBRARY(gcrepro, m) {
   // Attention pooling of a GC block in one pass over x: logits = w . x + b, softmax over H*W,
   // context = sum_j softmax_j x[:, :, j] -> (context [N, C] (x's dtype), lse [N] (fp32; fp64 for fp64 x)).
   m.def("gc_context(Tensor x, Tensor w, Tensor? b) -> (Tensor, Tensor)");
-  // -> (grad_x, grad_w); grad_b = sum(grad_lse) needs no kernel.
+  // -> (grad_x (+ grad_x_add, summed in the same pass), grad_w); grad_b = sum(grad_lse) needs no kernel.
   m.def("gc_context_backward(Tensor grad_context, Tensor? grad_lse, Tensor x, Tensor w, Tensor? b, "
-        "Tensor context, Tensor lse) -> (Tensor, Tensor)");
+        "Tensor context, Tensor lse, Tensor? grad_x_add=None) -> (Tensor, Tensor)");
   // out = x + t[:, :, None, None] (+ residual) (then ReLU).
   m.def("gc_add(Tensor x, Tensor t, Tensor? residual, bool relu) -> Tensor");
   // -> (grad_in = grad_out * (out > 0), grad_t = grad_in summed over H*W [N, C] (fp32; fp64 for fp64)).

@@ -2,7 +2,7 @@
 //
 // Every op body below is device-generic: it validates the inputs, picks the memory layout,
 // converts the small [C] / [N, C] operands to the accumulation type and calls the device's
-// `Kernels` struct (cpu/gc_kernels_cpu.cpp, cuda/gc_kernels.cu), which only sees raw,
+// `Kernels` struct (cpu/gc_ops_cpu.cpp, cuda/gc_kernels.cu), which only sees raw,
 // dense tensors. The bias of conv_mask never reaches a kernel: it shifts every logit of a
 // sample equally, so the softmax ignores it; it is added to the returned log-sum-exp only.
 #pragma once
@@ -100,18 +100,21 @@ std::tuple<Tensor, Tensor> gc_context_op(const Tensor& x, const Tensor& w, const
   return {context, lse};
 }
 
-// gc_context_backward(grad_context [N, C], grad_lse [N]?, x, w, b?, context, lse)
+// gc_context_backward(grad_context [N, C], grad_lse [N]?, x, w, b?, context, lse, grad_x_add?)
 //   -> (grad_x like x, grad_w like w). grad_b is sum(grad_lse) (the softmax cancels b):
 //   computed in Python, no kernel needed.
 //   With g = grad_context: dL/dlogit_j = p_j (g . x[:, j] - g . context + grad_lse),
-//   grad_x[c, j] = p_j g_c + w_c dL/dlogit_j,  grad_w[c] = sum_{n, j} dL/dlogit_j x[c, j].
-// Kernels::context_backward(Dense4d, w_acc [C], g_acc [N, C], gdot [N], lse_nb [N])
+//   grad_x[c, j] = p_j g_c + w_c dL/dlogit_j (+ grad_x_add[c, j]),
+//   grad_w[c] = sum_{n, j} dL/dlogit_j x[c, j].
+//   grad_x_add (x's shape and dtype) is the gradient x receives from the rest of the GC block
+//   (the channel add): summed into grad_x in the same pass instead of by autograd afterwards.
+// Kernels::context_backward(Dense4d, w_acc [C], g_acc [N, C], gdot [N], lse_nb [N], add or undefined)
 //   -> (grad_x in x's layout, grad_w [C] accumulation type)
 template <class Kernels>
 std::tuple<Tensor, Tensor> gc_context_backward_op(const Tensor& grad_context, const c10::optional<Tensor>& grad_lse,
                                                   const Tensor& x, const Tensor& w,
                                                   const c10::optional<Tensor>& b, const Tensor& context,
-                                                  const Tensor& lse) {
+                                                  const Tensor& lse, const c10::optional<Tensor>& grad_x_add) {
   constexpr const char* op = "gcrepro::gc_context_backward";
   check_x(x, op);
   const Dense4d d = as_dense(x);
@@ -127,10 +130,18 @@ std::tuple<Tensor, Tensor> gc_context_backward_op(const Tensor& grad_context, co
   if (grad_lse.has_value()) {
     gdot = gdot - small_acc(*grad_lse, x, d.N, {d.N}, op, "grad_lse");
   }
+  Tensor add;
+  if (grad_x_add.has_value()) {
+    TORCH_CHECK(grad_x_add->sizes() == x.sizes() && grad_x_add->scalar_type() == x.scalar_type() &&
+                    grad_x_add->device() == x.device(),
+                op, ": grad_x_add (", grad_x_add->sizes(), ", ", grad_x_add->scalar_type(), ", ",
+                grad_x_add->device(), ") must match x (", x.sizes(), ", ", x.scalar_type(), ", ", x.device(), ")");
+    add = in_layout(*grad_x_add, d.nhwc);
+  }
   if (d.N == 0) {
     return {empty_4d(d.t, d.nhwc), at::zeros_like(w)};
   }
-  auto [grad_x, grad_w] = Kernels::context_backward(d, wv, g, gdot.contiguous(), lse_nb.contiguous());
+  auto [grad_x, grad_w] = Kernels::context_backward(d, wv, g, gdot.contiguous(), lse_nb.contiguous(), add);
   return {grad_x, grad_w.to(w.scalar_type()).view(w.sizes())};
 }
 

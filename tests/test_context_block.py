@@ -136,9 +136,15 @@ def _spy_ops(monkeypatch: pytest.MonkeyPatch, available: bool) -> list[tuple[str
         calls.append(("channel_add", impl))
         return ref.channel_add_reference(x, term, residual, relu)
 
+    def gc_block(x, conv_mask, transform, residual=None, relu=False, impl="reference"):
+        calls.append(("gc_block", impl))
+        context = ref.gc_context_reference(x, conv_mask.weight, conv_mask.bias)
+        return ref.channel_add_reference(x, transform(context), residual, relu)
+
     monkeypatch.setattr(gcrepro.ops, "fused_available", lambda device: available)
     monkeypatch.setattr(gcrepro.ops, "gc_context", gc_context)
     monkeypatch.setattr(gcrepro.ops, "channel_add", channel_add)
+    monkeypatch.setattr(gcrepro.ops, "gc_block", gc_block)
     monkeypatch.setattr(cb_module, "_logged_impls", set())
     return calls
 
@@ -152,8 +158,9 @@ def test_auto_picks_fused_for_the_paper_block_and_logs_once(
         block = ContextBlock(16, 1 / 4)  # att + channel_add, impl="auto"
         block(x)
         block.forward_residual(x, x)
-    # "auto" reaches the ops, which run their kernels unless an input is one they do not take
-    assert calls == [("gc_context", "auto"), ("channel_add", "auto")] * 2
+    # "auto" reaches the ops, which run their kernels unless an input is one they do not take;
+    # the paper block is one op (gc_block: context, transform and add in one autograd node)
+    assert calls == [("gc_block", "auto")] * 2
     assert block.resolve_impl(x.device) == "fused"
     assert [r.getMessage() for r in caplog.records].count("GC block runs the fused implementation on cpu") == 1
 
@@ -166,7 +173,7 @@ def test_auto_picks_fused_for_the_paper_block_and_logs_once(
 def test_auto_without_build_runs_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _spy_ops(monkeypatch, available=False)
     ContextBlock(16, 1 / 4)(torch.randn(1, 16, 3, 3))
-    assert calls == [("gc_context", "reference"), ("channel_add", "reference")]
+    assert calls == [("gc_block", "reference")]
 
 
 DEVICES = [

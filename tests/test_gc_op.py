@@ -6,8 +6,12 @@ GPU tests carry @pytest.mark.gpu and skip without a CUDA device.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,6 +247,8 @@ def test_opcheck():
     cases += [
         (torch.ops.gcrepro.gc_context_backward.default, (g, torch.randn_like(lse), x, w, b, context, lse)),
         (torch.ops.gcrepro.gc_context_backward.default, (g, None, xc, w, None, context, lse)),
+        (torch.ops.gcrepro.gc_context_backward.default, (g, None, x, w, b, context, lse, torch.randn_like(x))),
+        (torch.ops.gcrepro.gc_context_backward.default, (g, None, xc, w, b, context, lse, torch.randn_like(x))),
         (torch.ops.gcrepro.gc_add_relu_backward.default, (torch.randn_like(x), torch.relu(x))),
     ]
     for op, args in cases:
@@ -278,6 +284,122 @@ def test_bad_inputs_name_the_problem():
         torch.ops.gcrepro.gc_add(x[0], term, None, False)
     with pytest.raises(RuntimeError, match="residual must have x's shape"):
         torch.ops.gcrepro.gc_add(x, term, x[:1], False)
+
+
+# ------------------------------------------------------------------------- CPU ISA variants, memory
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+_ISA_SCRIPT = """
+import json, sys, torch
+from gcrepro import ops
+torch.manual_seed(0)
+out = {"isa": ops.cpu_isa(), "cases": []}
+for layout in ("contiguous", "channels_last"):
+    x = torch.randn(2, 24, 33, 17, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(1, 24, 1, 1, dtype=torch.float64) / 24 ** 0.5
+    t = torch.randn(2, 24, 1, 1, dtype=torch.float64)
+    r = torch.randn_like(x)
+    for dtype in (torch.float32, torch.bfloat16):
+        leaves = [v.to(dtype).requires_grad_(True) for v in (x, w, t, r)]
+        lx, lw, lt, lr = leaves
+        y = ops.channel_add(lx, lt + ops.gc_context(lx, lw, None, impl="fused"), lr, relu=True, impl="fused")
+        y.backward(torch.ones_like(y))
+        out["cases"].append([v.double().flatten().tolist() for v in (y, lx.grad, lw.grad, lt.grad, lr.grad)])
+json.dump(out, sys.stdout)
+"""
+
+
+def _run_isa_script(isa: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "GCREPRO_CPU_ISA"}
+    if isa is not None:
+        env["GCREPRO_CPU_ISA"] = isa
+    proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+@needs_op
+def test_cpu_isa_is_picked_at_run_time_and_both_variants_agree():
+    # The kernels are compiled for the baseline ISA and for AVX2+FMA+F16C (csrc/cpu/isa.h); the
+    # CPU's flags decide, GCREPRO_CPU_ISA=baseline forces the baseline. Both must compute the same
+    # block (forward and all gradients) up to fp32 summation order (bf16: one rounding).
+    flags = _cpu_flags()
+    expected = "avx2" if {"avx2", "fma", "f16c"} <= flags and os.environ.get("GCREPRO_CPU_ISA") != "baseline" else "baseline"
+    assert ops.cpu_isa() == expected, (ops.cpu_isa(), sorted(flags & {"avx2", "fma", "f16c"}))
+    default = _run_isa_script(None)
+    baseline = _run_isa_script("baseline")
+    assert baseline["isa"] == "baseline"
+    assert default["isa"] == expected
+    names = ("out", "grad_x", "grad_w", "grad_term", "grad_residual")
+    for case, (got, want) in enumerate(zip(default["cases"], baseline["cases"])):
+        dtype = torch.float32 if case % 2 == 0 else torch.bfloat16
+        for name, a, b in zip(names, got, want):
+            _close(torch.tensor(a), torch.tensor(b), dtype, f"case {case} {name}: {default['isa']} vs baseline")
+
+
+@needs_op
+def test_cpu_large_output_parity():
+    # 32 MiB outputs: the size at which the kernels advise huge pages for them (csrc/cpu/huge_pages.h).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 512, 256, generator=g)
+    term = torch.randn(1, 64, 1, 1, generator=g)
+    residual = torch.randn(x.shape, generator=g)
+    assert x.numel() * 4 == 32 * 2**20
+    torch.testing.assert_close(ops.channel_add(x, term, impl="fused"), x + term, rtol=0, atol=0)
+    torch.testing.assert_close(
+        ops.channel_add(x, term, residual, relu=True, impl="fused"), torch.relu(x + term + residual), rtol=1e-6, atol=1e-6
+    )
+    xg = x.clone().requires_grad_(True)
+    w = (torch.randn(1, 64, 1, 1, generator=g) / 8).requires_grad_(True)
+    ops.gc_context(xg, w, None, impl="fused").sum().backward()
+    xr = x.clone().requires_grad_(True)
+    wr = w.detach().clone().requires_grad_(True)
+    gc_context_reference(xr, wr, None).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-4, atol=1e-6)
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1 : text.index("]")] if "[" in text else None
+
+
+def _anon_huge_kb(begin: int, end: int) -> int:
+    """AnonHugePages (kB) of the mappings that overlap [begin, end) (/proc/self/smaps; the madvise
+    splits the tensor's mapping at its 2 MiB-aligned interior)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo < end and hi > begin
+        elif inside and line.startswith("AnonHugePages:"):
+            total += int(line.split()[1])
+    return total
+
+
+@needs_op
+@pytest.mark.skipif(_thp_mode() not in ("always", "madvise"), reason="transparent huge pages are off on this machine")
+def test_cpu_large_output_is_backed_by_huge_pages():
+    # The measured point of huge_pages.h: a fresh 62 MB c3-sized output faults in 2 MiB at a time.
+    x = torch.randn(2, 512, 100, 152)
+    out = ops.channel_add(x, torch.randn(2, 512, 1, 1), impl="fused")
+    huge_kb = _anon_huge_kb(out.data_ptr(), out.data_ptr() + out.nbytes)
+    assert huge_kb >= 2048, f"no huge pages behind the output (THP mode {_thp_mode()})"
 
 
 # ------------------------------------------------------------------------------------------- GPU

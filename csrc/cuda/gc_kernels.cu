@@ -213,7 +213,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kMaxWarps * kWarp) context_backward_nchw(const scalar_t* __restrict__ x, const acc_t* __restrict__ w,
                                       const acc_t* __restrict__ g, const acc_t* __restrict__ gdot,
                                       const acc_t* __restrict__ lse, int64_t C, int64_t HW, int K,
-                                      scalar_t* __restrict__ dx, acc_t* __restrict__ pdw) {
+                                      const scalar_t* __restrict__ ax, scalar_t* __restrict__ dx,
+                                      acc_t* __restrict__ pdw) {
   __shared__ acc_t part_l[kMaxWarps][kWarp];
   __shared__ acc_t part_s[kMaxWarps][kWarp];
   __shared__ acc_t pp[kWarp];
@@ -255,7 +256,9 @@ __global__ void __launch_bounds__(kMaxWarps * kWarp) context_backward_nchw(const
     acc_t v = 0;
     if (valid) {
       const int64_t i = base + c * HW;
-      dx[i] = static_cast<scalar_t>(pj * gn[c] + w[c] * dl);
+      acc_t gx = pj * gn[c] + w[c] * dl;
+      if (ax != nullptr) gx += static_cast<acc_t>(ax[i]);  // the gradient x gets from elsewhere
+      dx[i] = static_cast<scalar_t>(gx);
       v = dl * static_cast<acc_t>(x[i]);
     }
     v = warp_sum(v);
@@ -267,7 +270,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void context_backward_nhwc(const scalar_t* __restrict__ x, const acc_t* __restrict__ w,
                                       const acc_t* __restrict__ g, const acc_t* __restrict__ gdot,
                                       const acc_t* __restrict__ lse, int64_t C, int64_t HW, int K,
-                                      scalar_t* __restrict__ dx, acc_t* __restrict__ pdw) {
+                                      const scalar_t* __restrict__ ax, scalar_t* __restrict__ dx,
+                                      acc_t* __restrict__ pdw) {
   __shared__ acc_t pp[kChunk];
   __shared__ acc_t pd[kChunk];
   const int lane = threadIdx.x % kWarp, wid = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
@@ -301,7 +305,9 @@ __global__ void context_backward_nhwc(const scalar_t* __restrict__ x, const acc_
     acc_t a = 0;
     for (int j = 0; j < jn; ++j) {
       const int64_t i = base + j * C + c;
-      dx[i] = static_cast<scalar_t>(pp[j] * gc + wc * pd[j]);
+      acc_t gx = pp[j] * gc + wc * pd[j];
+      if (ax != nullptr) gx += static_cast<acc_t>(ax[i]);  // the gradient x gets from elsewhere
+      dx[i] = static_cast<scalar_t>(gx);
       a += pd[j] * static_cast<acc_t>(x[i]);
     }
     pdwn[c] = a;
@@ -358,7 +364,7 @@ struct CudaContextKernels {
   }
 
   static std::tuple<Tensor, Tensor> context_backward(const Dense4d& d, const Tensor& w, const Tensor& g,
-                                                     const Tensor& gdot, const Tensor& lse) {
+                                                     const Tensor& gdot, const Tensor& lse, const Tensor& add) {
     const c10::cuda::CUDAGuard guard(d.t.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const int64_t N = d.N, C = d.C, HW = d.HW;
@@ -371,14 +377,15 @@ struct CudaContextKernels {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* x = d.t.const_data_ptr<scalar_t>();
       scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
+      const scalar_t* ax = add.defined() ? add.const_data_ptr<scalar_t>() : nullptr;
       if (d.nhwc) {
         context_backward_nhwc<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
             x, w.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(), gdot.const_data_ptr<acc_t>(),
-            lse.const_data_ptr<acc_t>(), C, HW, K, dx, pdw.mutable_data_ptr<acc_t>());
+            lse.const_data_ptr<acc_t>(), C, HW, K, ax, dx, pdw.mutable_data_ptr<acc_t>());
       } else {
         context_backward_nchw<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
             x, w.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>(), gdot.const_data_ptr<acc_t>(),
-            lse.const_data_ptr<acc_t>(), C, HW, K, dx, pdw.mutable_data_ptr<acc_t>());
+            lse.const_data_ptr<acc_t>(), C, HW, K, ax, dx, pdw.mutable_data_ptr<acc_t>());
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -155,6 +155,9 @@ class ContextBlock(nn.Module):
         # Under "auto" the ops still get "auto", so inputs the kernels do not take fall back per call.
         impl = "auto" if resolved == "fused" and self.impl == "auto" else resolved
 
+        if self.pooling_type == "att" and self.fusion_types == ("channel_add",) and self._attention_sink is None:
+            # The paper's block: context -> transform -> add (+ identity, ReLU); fused, one autograd node.
+            return ops.gc_block(x, self.conv_mask, self.channel_add_conv, identity, relu, impl)  # [N, C, H, W]
         context = self._pool(x, impl)  # [N, C, 1, 1]
         out = x  # [N, C, H, W]
         if self.channel_mul_conv is not None:

@@ -1,8 +1,11 @@
 """GC block ops: a fused compiled path (csrc/) and the pure-PyTorch reference.
 
     fused_available(device) -> bool
+    cpu_isa() -> "avx2" | "baseline" | None   (the vector ISA of the CPU kernels; None: not built)
     gc_context(x, mask_weight, mask_bias, impl) -> context [N, C, 1, 1]
     channel_add(x, term, residual=None, relu=False, impl) -> out [N, C, H, W]
+    gc_block(x, conv_mask, transform, residual=None, relu=False, impl) -> out [N, C, H, W]
+        the paper's whole block (context -> transform -> add) as one autograd node (ops/block.py)
 
 impl: "reference" (gcrepro.ops.reference, the ground truth), "fused" (the compiled op; a
 RuntimeError naming the build command when it is not built for x's device), or "auto" (fused
@@ -15,17 +18,18 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gcrepro.ops import _extension
 from gcrepro.ops.reference import channel_add_reference, gc_context_reference
 
 if _extension.STATE.cpu:
+    from gcrepro.ops import block as _block
     from gcrepro.ops import fused as _fused
 else:
-    _fused = None
+    _block = _fused = None
 
-__all__ = ["IMPLS", "fused_available", "gc_context", "channel_add"]
+__all__ = ["IMPLS", "cpu_isa", "fused_available", "gc_context", "channel_add", "gc_block"]
 
 IMPLS = ("auto", "fused", "reference")
 _log = logging.getLogger(__name__)
@@ -40,6 +44,17 @@ def fused_available(device: torch.device | str) -> bool:
     if device_type == "cuda":
         return _extension.STATE.cuda and torch.cuda.is_available()
     return False
+
+
+def cpu_isa() -> str | None:
+    """The instruction set the CPU kernels run: "avx2" (AVX2+FMA+F16C, picked at run time when the
+    CPU has them) or "baseline" (the compiler's default, or GCREPRO_CPU_ISA=baseline); None when the
+    op is not built."""
+    if not _extension.STATE.cpu:
+        return None
+    import gcrepro._C
+
+    return gcrepro._C.cpu_isa()
 
 
 def _use_fused(op: str, impl: str, x: Tensor, unsupported: str | None) -> bool:
@@ -65,6 +80,8 @@ def _use_fused(op: str, impl: str, x: Tensor, unsupported: str | None) -> bool:
     if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         which = "the fused compiled op" if use else "the PyTorch reference"
+        if use and device_type == "cpu":
+            which += f" ({cpu_isa()} kernels)"
         _log.info("gcrepro.ops.%s on %s runs %s (%s)", op, device_type, which, why)
     return use
 
@@ -119,3 +136,26 @@ def channel_add(
     if _use_fused("channel_add", impl, x, _add_unsupported(x, term, residual)):
         return _fused.channel_add_fused(x, term, residual, relu)
     return channel_add_reference(x, term, residual, relu)
+
+
+def gc_block(
+    x: Tensor,
+    conv_mask: nn.Conv2d,
+    transform: nn.Sequential,
+    residual: Tensor | None = None,
+    relu: bool = False,
+    impl: str = "reference",
+) -> Tensor:
+    """The paper's GC block: x + transform(gc_context(x)) (+ residual) (then ReLU).
+
+    x, residual [N, C, H, W]; conv_mask Conv2d(C, 1, 1); transform Conv1x1(C->P) -> LayerNorm ->
+    ReLU -> Conv1x1(P->C) (ContextBlock.channel_add_conv) -> out [N, C, H, W]. The fused path is
+    one autograd node (gcrepro/ops/block.py): x's two gradients are summed inside the kernel.
+    """
+    unsupported = _context_unsupported(x, conv_mask.weight, conv_mask.bias)
+    if unsupported is None:
+        unsupported = _add_unsupported(x, x.new_empty(x.shape[0], x.shape[1]), residual)
+    if _use_fused("gc_block", impl, x, unsupported):
+        return _block.gc_block_fused(x, conv_mask, transform, residual, relu)
+    context = gc_context_reference(x, conv_mask.weight, conv_mask.bias)  # [N, C, 1, 1]
+    return channel_add_reference(x, transform(context), residual, relu)  # [N, C, H, W]

@@ -4,7 +4,8 @@ Imported by gcrepro.ops only when gcrepro._C is loaded (the schemas live there).
 
 Ops (namespace torch.ops.gcrepro, schemas in csrc/gc_ops.cpp):
     gc_context(x, w, b?) -> (context [N, C], lse [N])          differentiable (x, w, b)
-    gc_context_backward(grad_context, grad_lse?, x, w, b?, context, lse) -> (grad_x, grad_w)
+    gc_context_backward(grad_context, grad_lse?, x, w, b?, context, lse, grad_x_add?) -> (grad_x, grad_w)
+        grad_x_add: a gradient for x from elsewhere, summed into grad_x in the same pass
     gc_add(x, t, residual?, relu) -> out [N, C, H, W]            differentiable (x, t, residual)
     gc_add_relu_backward(grad_out, out) -> (grad_in, grad_t [N, C])
 lse and grad_t use the accumulation dtype: fp32, or fp64 for fp64 inputs. Outputs shaped like x
@@ -36,7 +37,7 @@ def _gc_context_fake(x: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Te
 
 
 @torch.library.register_fake("gcrepro::gc_context_backward")
-def _gc_context_backward_fake(grad_context, grad_lse, x, w, b, context, lse) -> tuple[Tensor, Tensor]:
+def _gc_context_backward_fake(grad_context, grad_lse, x, w, b, context, lse, grad_x_add=None) -> tuple[Tensor, Tensor]:
     return _empty_4d(x), torch.empty_like(w, memory_format=torch.contiguous_format)
 
 

@@ -1,18 +1,11 @@
 // CPU kernels of gcrepro::gc_add (x + channel term (+ residual) (ReLU)) and of its ReLU
-// backward (math and layouts: ../gc_ops.h). One pass over the tensors; rows of contiguous
+// backward (math and layouts: ../gc_ops.h). Compiled once per vector ISA, like context_kernels.h.
+// One pass over the tensors; rows of contiguous
 // memory (H*W per (n, c) for NCHW, C per (n, position) for channels_last) are split over
 // threads with at::parallel_for; the inner loops are vectorised by the compiler.
-#include "../gc_ops.h"
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// (no include guard: each ISA translation unit includes this file once, in its own namespace)
 
-#include <algorithm>
-#include <vector>
-
-namespace gcrepro {
 namespace {
 
 constexpr int64_t kGrainElements = 32768;  // elements per parallel work item (at least)
@@ -134,34 +127,25 @@ void add_relu_backward_impl(const Dense4d& d, const Tensor& grad, Tensor& grad_i
   }
 }
 
-struct CpuAddKernels {
-  static Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu) {
-    Tensor out = empty_4d(d.t, d.nhwc);
-    const bool has_res = res.defined();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_cpu", [&] {
-      if (has_res && relu) add_forward_impl<scalar_t, true, true>(d, t, res, out);
-      else if (has_res) add_forward_impl<scalar_t, true, false>(d, t, res, out);
-      else if (relu) add_forward_impl<scalar_t, false, true>(d, t, res, out);
-      else add_forward_impl<scalar_t, false, false>(d, t, res, out);
-    });
-    return out;
-  }
-
-  static std::tuple<Tensor, Tensor> add_relu_backward(const Dense4d& d, const Tensor& grad) {
-    Tensor grad_in = empty_4d(d.t, d.nhwc);
-    Tensor grad_t = at::empty({d.N, d.C}, d.t.options().dtype(acc_type(d.t.scalar_type())));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_relu_backward_cpu", [&] {
-      add_relu_backward_impl<scalar_t>(d, grad, grad_in, grad_t);
-    });
-    return {grad_in, grad_t};
-  }
-};
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gcrepro, CPU, m) {
-  m.impl("gc_add", &gc_add_op<CpuAddKernels>);
-  m.impl("gc_add_relu_backward", &gc_add_relu_backward_op<CpuAddKernels>);
+Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu) {
+  Tensor out = empty_4d_cpu(d.t, d.nhwc);
+  const bool has_res = res.defined();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_cpu", [&] {
+    if (has_res && relu) add_forward_impl<scalar_t, true, true>(d, t, res, out);
+    else if (has_res) add_forward_impl<scalar_t, true, false>(d, t, res, out);
+    else if (relu) add_forward_impl<scalar_t, false, true>(d, t, res, out);
+    else add_forward_impl<scalar_t, false, false>(d, t, res, out);
+  });
+  return out;
 }
 
-}  // namespace gcrepro
+Tensor_pair add_relu_backward(const Dense4d& d, const Tensor& grad) {
+  Tensor grad_in = empty_4d_cpu(d.t, d.nhwc);
+  Tensor grad_t = at::empty({d.N, d.C}, d.t.options().dtype(acc_type(d.t.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_relu_backward_cpu", [&] {
+    add_relu_backward_impl<scalar_t>(d, grad, grad_in, grad_t);
+  });
+  return {grad_in, grad_t};
+}

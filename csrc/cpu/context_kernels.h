@@ -1,4 +1,6 @@
 // CPU kernels of gcrepro::gc_context and its backward (math and layouts: ../gc_ops.h).
+// Compiled once per vector ISA: included by kernels_baseline.cpp and kernels_avx2.cpp inside
+// namespace gcrepro::cpu::GCREPRO_CPU_NS (entry points declared in isa.h).
 //
 // Work split: each sample's H*W positions are cut into `splits` ranges so that N * splits
 // tasks keep every thread busy (at::parallel_for); a task walks its range in chunks of
@@ -6,20 +8,11 @@
 // and the same chunk (sized to stay in L2) is swept again from cache for the weighted sum,
 // with an online softmax (running max and sum) across chunks. Partial results of the tasks
 // are merged per sample at the end. Inner loops run over contiguous memory (H*W for NCHW,
-// C for channels_last) and are vectorised by the compiler (`omp simd`, -O3, -fopenmp).
-#include "../gc_ops.h"
+// C for channels_last) and are vectorised by the compiler (`omp simd`, -O3, -fopenmp) for the
+// ISA of the including translation unit (SSE2 baseline, or AVX2+FMA).
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// (no include guard: each ISA translation unit includes this file once, in its own namespace)
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <vector>
-
-namespace gcrepro {
 namespace {
 
 // Bytes of x per chunk: small enough that the second sweep hits L2...
@@ -184,11 +177,12 @@ void forward_task(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t 
 }
 
 // One task of the backward: positions [jb, je) of one sample. Writes grad_x there and
-// adds sum_j dlogit_j x[c, j] into dw (this task's own row of partial sums).
-template <typename scalar_t, typename acc_t>
-void backward_task(const scalar_t* xn, scalar_t* dxn, bool nhwc, int64_t C, int64_t HW, int64_t jb, int64_t je,
-                   int64_t chunk, const acc_t* w, const acc_t* g, acc_t gdot, acc_t lse, acc_t* dw, acc_t* l,
-                   acc_t* s) {
+// adds sum_j dlogit_j x[c, j] into dw (this task's own row of partial sums). kAdd: grad_x also
+// gets axn (the gradient x receives from elsewhere, laid out like x) added in the same store.
+template <typename scalar_t, typename acc_t, bool kAdd>
+void backward_task(const scalar_t* xn, const scalar_t* axn, scalar_t* dxn, bool nhwc, int64_t C, int64_t HW,
+                   int64_t jb, int64_t je, int64_t chunk, const acc_t* w, const acc_t* g, acc_t gdot, acc_t lse,
+                   acc_t* dw, acc_t* l, acc_t* s) {
   std::fill(dw, dw + C, acc_t(0));
   for (int64_t j0 = jb; j0 < je; j0 += chunk) {
     const int64_t jn = std::min(chunk, je - j0);
@@ -201,13 +195,16 @@ void backward_task(const scalar_t* xn, scalar_t* dxn, bool nhwc, int64_t C, int6
     if (!nhwc) {
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* xr = xn + c * HW + j0;
+        const scalar_t* axr = kAdd ? axn + c * HW + j0 : nullptr;
         scalar_t* dxr = dxn + c * HW + j0;
         const acc_t gc = g[c];
         const acc_t wc = w[c];
         acc_t d = 0;
 #pragma omp simd reduction(+ : d)
         for (int64_t j = 0; j < jn; ++j) {
-          dxr[j] = static_cast<scalar_t>(l[j] * gc + wc * s[j]);
+          acc_t v = l[j] * gc + wc * s[j];
+          if constexpr (kAdd) v += static_cast<acc_t>(axr[j]);
+          dxr[j] = static_cast<scalar_t>(v);
           d += s[j] * static_cast<acc_t>(xr[j]);
         }
         dw[c] += d;
@@ -215,12 +212,15 @@ void backward_task(const scalar_t* xn, scalar_t* dxn, bool nhwc, int64_t C, int6
     } else {
       for (int64_t j = 0; j < jn; ++j) {
         const scalar_t* xr = xn + (j0 + j) * C;
+        const scalar_t* axr = kAdd ? axn + (j0 + j) * C : nullptr;
         scalar_t* dxr = dxn + (j0 + j) * C;
         const acc_t pj = l[j];
         const acc_t dl = s[j];
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          dxr[c] = static_cast<scalar_t>(pj * g[c] + w[c] * dl);
+          acc_t v = pj * g[c] + w[c] * dl;
+          if constexpr (kAdd) v += static_cast<acc_t>(axr[c]);
+          dxr[c] = static_cast<scalar_t>(v);
           dw[c] += dl * static_cast<acc_t>(xr[c]);
         }
       }
@@ -277,12 +277,13 @@ void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Te
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kAdd>
 void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, const Tensor& g, const Tensor& gdot,
-                           const Tensor& lse, Tensor& grad_x, Tensor& part_dw) {
+                           const Tensor& lse, const Tensor& add, Tensor& grad_x, Tensor& part_dw) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = d.N, C = d.C, HW = d.HW;
   const scalar_t* x = d.t.const_data_ptr<scalar_t>();
+  const scalar_t* ax = kAdd ? add.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
   const acc_t* wp = w.const_data_ptr<acc_t>();
   const acc_t* gp = g.const_data_ptr<acc_t>();
@@ -294,44 +295,37 @@ void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, c
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / sp.splits, k = task % sp.splits;
       const int64_t jb = k * sp.per, je = std::min(HW, jb + sp.per);
-      backward_task<scalar_t, acc_t>(x + n * C * HW, dx + n * C * HW, d.nhwc, C, HW, jb, je, sp.chunk, wp,
-                                     gp + n * C, gd[n], lp[n], dw + task * C, l.data(), s.data());
+      backward_task<scalar_t, acc_t, kAdd>(x + n * C * HW, kAdd ? ax + n * C * HW : nullptr, dx + n * C * HW, d.nhwc,
+                                           C, HW, jb, je, sp.chunk, wp, gp + n * C, gd[n], lp[n], dw + task * C,
+                                           l.data(), s.data());
     }
   });
 }
 
-struct CpuContextKernels {
-  static std::tuple<Tensor, Tensor> context_forward(const Dense4d& d, const Tensor& w) {
-    const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
-    const auto acc_opts = d.t.options().dtype(w.scalar_type());
-    Tensor part_m = at::empty({d.N, sp.splits}, acc_opts);
-    Tensor part_s = at::empty({d.N, sp.splits}, acc_opts);
-    Tensor part_acc = at::empty({d.N, sp.splits, d.C}, acc_opts);
-    Tensor context = at::empty({d.N, d.C}, d.t.options());
-    Tensor lse = at::empty({d.N}, acc_opts);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_cpu", [&] {
-      context_forward_impl<scalar_t>(d, sp, w, part_m, part_s, part_acc, context, lse);
-    });
-    return {context, lse};
-  }
-
-  static std::tuple<Tensor, Tensor> context_backward(const Dense4d& d, const Tensor& w, const Tensor& g,
-                                                     const Tensor& gdot, const Tensor& lse) {
-    const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
-    Tensor grad_x = empty_4d(d.t, d.nhwc);
-    Tensor part_dw = at::empty({d.N * sp.splits, d.C}, w.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_backward_cpu", [&] {
-      context_backward_impl<scalar_t>(d, sp, w, g, gdot, lse, grad_x, part_dw);
-    });
-    return {grad_x, part_dw.sum(0)};
-  }
-};
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gcrepro, CPU, m) {
-  m.impl("gc_context", &gc_context_op<CpuContextKernels>);
-  m.impl("gc_context_backward", &gc_context_backward_op<CpuContextKernels>);
+Tensor_pair context_forward(const Dense4d& d, const Tensor& w) {
+  const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
+  const auto acc_opts = d.t.options().dtype(w.scalar_type());
+  Tensor part_m = at::empty({d.N, sp.splits}, acc_opts);
+  Tensor part_s = at::empty({d.N, sp.splits}, acc_opts);
+  Tensor part_acc = at::empty({d.N, sp.splits, d.C}, acc_opts);
+  Tensor context = at::empty({d.N, d.C}, d.t.options());
+  Tensor lse = at::empty({d.N}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_cpu", [&] {
+    context_forward_impl<scalar_t>(d, sp, w, part_m, part_s, part_acc, context, lse);
+  });
+  return {context, lse};
 }
 
-}  // namespace gcrepro
+Tensor_pair context_backward(const Dense4d& d, const Tensor& w, const Tensor& g, const Tensor& gdot,
+                             const Tensor& lse, const Tensor& add) {
+  const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
+  Tensor grad_x = empty_4d_cpu(d.t, d.nhwc);
+  Tensor part_dw = at::empty({d.N * sp.splits, d.C}, w.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_backward_cpu", [&] {
+    if (add.defined()) context_backward_impl<scalar_t, true>(d, sp, w, g, gdot, lse, add, grad_x, part_dw);
+    else context_backward_impl<scalar_t, false>(d, sp, w, g, gdot, lse, add, grad_x, part_dw);
+  });
+  return {grad_x, part_dw.sum(0)};
+}

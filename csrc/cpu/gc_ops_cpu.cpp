@@ -1,0 +1,38 @@
+// CPU kernels of the GC ops, registered with the dispatcher: each calls the ISA variant that
+// cpu_isa() picked (isa.h). The kernels: context_kernels.h, add_kernels.h.
+#include "isa.h"
+
+#include <torch/library.h>
+
+namespace gcrepro {
+namespace {
+
+struct CpuKernels {
+  static cpu::Tensor_pair context_forward(const Dense4d& d, const Tensor& w) {
+    return cpu::cpu_isa() == cpu::Isa::avx2 ? cpu::avx2::context_forward(d, w) : cpu::baseline::context_forward(d, w);
+  }
+  static cpu::Tensor_pair context_backward(const Dense4d& d, const Tensor& w, const Tensor& g, const Tensor& gdot,
+                                           const Tensor& lse, const Tensor& add) {
+    return cpu::cpu_isa() == cpu::Isa::avx2 ? cpu::avx2::context_backward(d, w, g, gdot, lse, add)
+                                            : cpu::baseline::context_backward(d, w, g, gdot, lse, add);
+  }
+  static Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu) {
+    return cpu::cpu_isa() == cpu::Isa::avx2 ? cpu::avx2::add_forward(d, t, res, relu)
+                                            : cpu::baseline::add_forward(d, t, res, relu);
+  }
+  static cpu::Tensor_pair add_relu_backward(const Dense4d& d, const Tensor& grad) {
+    return cpu::cpu_isa() == cpu::Isa::avx2 ? cpu::avx2::add_relu_backward(d, grad)
+                                            : cpu::baseline::add_relu_backward(d, grad);
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gcrepro, CPU, m) {
+  m.impl("gc_context", &gc_context_op<CpuKernels>);
+  m.impl("gc_context_backward", &gc_context_backward_op<CpuKernels>);
+  m.impl("gc_add", &gc_add_op<CpuKernels>);
+  m.impl("gc_add_relu_backward", &gc_add_relu_backward_op<CpuKernels>);
+}
+
+}  // namespace gcrepro

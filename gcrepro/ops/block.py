@@ -1,0 +1,108 @@
+"""The paper's GC block (att pooling, channel_add fusion) as ONE autograd node over the compiled ops.
+
+    out = x + T(context(x))  (+ residual, then ReLU: the Bottleneck's epilogue)
+    T   = Conv1x1(C->P) -> LayerNorm([P, 1, 1]) -> ReLU -> Conv1x1(P->C)   on [N, C] vectors
+
+Run as separate autograd nodes (gc_context -> transform -> gc_add), x gets two gradients, one
+from the add (the incoming gradient itself, or its ReLU-masked copy) and one from the context,
+and autograd sums them into a fresh tensor: one more write and two more reads of an N*C*H*W
+tensor, and on CPU a fresh allocation that page-faults (benchmarks/RESULTS.md). As one node the
+add's gradient goes into gc_context_backward (`grad_x_add`) and is summed in the pass that writes
+grad_x anyway. The transform is a few [N, C] x [C, P] products: its forward and backward are
+written out below in the accumulation dtype (fp32; fp64 for fp64 x), also under autocast.
+
+Used by ContextBlock when it resolves to the fused implementation; the reference ContextBlock
+(and gcrepro.ops.reference) is the oracle the tests compare it with.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gcrepro.ops.fused import acc_dtype, ops
+
+
+def _layer_norm_fwd(h: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm over the last dim of h [N, P] -> (y, x_hat, rstd [N, 1]), biased variance as torch."""
+    mean = h.mean(dim=1, keepdim=True)  # [N, 1]
+    var = (h - mean).square().mean(dim=1, keepdim=True)  # [N, 1]
+    rstd = torch.rsqrt(var + eps)  # [N, 1]
+    x_hat = (h - mean) * rstd  # [N, P]
+    return x_hat * weight + bias, x_hat, rstd
+
+
+class FusedGCBlock(torch.autograd.Function):
+    """Inputs: x [N, C, H, W]; conv_mask weight [1, C, 1, 1] and bias [1] (or None); transform
+    conv1 weight [P, C, 1, 1], bias [P]; LayerNorm weight, bias [P, 1, 1] and eps; conv2 weight
+    [C, P, 1, 1], bias [C]; residual [N, C, H, W] or None; relu. Output [N, C, H, W], x's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, mask_w, mask_b, w1, b1, ln_w, ln_b, ln_eps, w2, b2, residual, relu):
+        n, c = x.shape[0], x.shape[1]
+        acc = acc_dtype(x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C] (x's dtype), [N]
+            ctx_acc = context.to(acc)  # [N, C]
+            w1m = w1.reshape(w1.shape[0], c).to(acc)  # [P, C]
+            w2m = w2.reshape(c, w2.shape[1]).to(acc)  # [C, P]
+            h = torch.addmm(b1.to(acc), ctx_acc, w1m.t())  # [N, P]
+            hn, x_hat, rstd = _layer_norm_fwd(h, ln_w.reshape(-1).to(acc), ln_b.reshape(-1).to(acc), ln_eps)
+            a = torch.relu(hn)  # [N, P]
+            term = torch.addmm(b2.to(acc), a, w2m.t())  # [N, C]
+            out = ops.gc_add(x, term, residual, relu)  # [N, C, H, W]
+        ctx.relu = relu
+        ctx.has_residual = residual is not None
+        ctx.has_mask_b = mask_b is not None
+        ctx.dtypes = (mask_w.dtype, w1.dtype, b1.dtype, ln_w.dtype, ln_b.dtype, w2.dtype, b2.dtype)
+        ctx.save_for_backward(x, mask_w, mask_b, context, lse, ctx_acc, w1m, w2m, x_hat, rstd, hn, a,
+                              ln_w, out if relu else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, mask_w, mask_b, context, lse, ctx_acc, w1m, w2m, x_hat, rstd, hn, a, ln_w, out = ctx.saved_tensors
+        acc = ctx_acc.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            grad_out = grad_out.to(x.dtype)
+            # The add (and ReLU): gradient of its input, and of the channel term summed over HW.
+            if ctx.relu:
+                grad_in, grad_t = ops.gc_add_relu_backward(grad_out, out)  # [N, C, H, W], [N, C]
+            else:
+                grad_in, grad_t = grad_out, grad_out.sum(dim=(2, 3), dtype=acc)  # [N, C] acc
+            # The transform, backwards: [N, C] -> grads of conv2, ReLU, LayerNorm, conv1, context.
+            g_b2 = grad_t.sum(0)  # [C]
+            g_w2 = grad_t.t() @ a  # [C, P]
+            g_hn = (grad_t @ w2m) * (hn > 0)  # [N, P]
+            g_lnw = (g_hn * x_hat).sum(0)  # [P]
+            g_lnb = g_hn.sum(0)  # [P]
+            g_xhat = g_hn * ln_w.reshape(-1).to(acc)  # [N, P]
+            g_h = rstd * (g_xhat - g_xhat.mean(1, keepdim=True) - x_hat * (g_xhat * x_hat).mean(1, keepdim=True))
+            g_w1 = g_h.t() @ ctx_acc  # [P, C]
+            g_b1 = g_h.sum(0)  # [P]
+            g_context = g_h @ w1m  # [N, C]
+            # The context, with the add's gradient summed into grad_x in the same pass.
+            grad_x, grad_mask_w = ops.gc_context_backward(g_context, None, x, mask_w, mask_b, context, lse, grad_in)
+        mw_t, w1_t, b1_t, lnw_t, lnb_t, w2_t, b2_t = ctx.dtypes
+        p, c = w1m.shape
+        grad_mask_b = torch.zeros_like(mask_b) if ctx.has_mask_b else None  # the softmax cancels the bias
+        return (
+            grad_x, grad_mask_w.to(mw_t), grad_mask_b,
+            g_w1.to(w1_t).view(p, c, 1, 1), g_b1.to(b1_t),
+            g_lnw.to(lnw_t).view(p, 1, 1), g_lnb.to(lnb_t).view(p, 1, 1), None,
+            g_w2.to(w2_t).view(c, p, 1, 1), g_b2.to(b2_t),
+            grad_in if ctx.has_residual else None, None,
+        )
+
+
+def gc_block_fused(
+    x: Tensor, conv_mask: torch.nn.Conv2d, transform: torch.nn.Sequential, residual: Tensor | None, relu: bool
+) -> Tensor:
+    """x [N, C, H, W] -> x + transform(context(x)) (+ residual) (ReLU), [N, C, H, W], as one node.
+
+    conv_mask: Conv2d(C, 1, 1); transform: ContextBlock's channel_add_conv (Conv2d, LayerNorm,
+    ReLU, Conv2d)."""
+    conv1, norm, conv2 = transform[0], transform[1], transform[3]
+    return FusedGCBlock.apply(
+        x, conv_mask.weight, conv_mask.bias, conv1.weight, conv1.bias, norm.weight, norm.bias, norm.eps,
+        conv2.weight, conv2.bias, residual, relu,
+    )
