@@ -6,9 +6,11 @@
 Shapes: the c3/c4/c5 feature maps of a 2 x 800 x 1216 batch (issue 5). For each shape it times,
 forward ("fwd") and forward+backward ("fwd+bwd"), reference vs fused:
   context          gc_context alone (attention logits, softmax over HW, weighted sum)
-  block            the GC block: context -> transform (1x1 conv C->C/16, LayerNorm, ReLU,
-                   1x1 conv) -> channel add
-  block+res+relu   the block plus the bottleneck's residual add and ReLU (fused in the add's epilogue)
+  block            the GC r16 block as the model runs it (gcrepro.modeling.ContextBlock, impl
+                   "reference" vs "fused"): context -> transform (1x1 conv C->C/16, LayerNorm,
+                   ReLU, 1x1 conv) -> channel add; fused, one autograd node (gcrepro/ops/block.py)
+  block+res+relu   ContextBlock.forward_residual: the block plus the bottleneck's residual add and
+                   ReLU (fused in the add's epilogue)
 Memory floor = bytes that must move / copy bandwidth, where the bandwidth is (read + write bytes) /
 time of a large tensor copy measured in the same run. Bytes that must move, in passes over the
 N*C*H*W tensor (one pass = one read or one write of it):
@@ -36,10 +38,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from gcrepro.atomic import write_json_atomic
 from gcrepro import ops
+from gcrepro.atomic import write_json_atomic
+from gcrepro.modeling.context_block import ContextBlock
 
 SHAPES = [(2, 512, 100, 152), (2, 1024, 50, 76), (2, 2048, 25, 38)]  # c3, c4, c5 of 2x800x1216
 GC_RATIO = 1.0 / 16  # r16, the paper's main setting (SPEC §1)
@@ -83,31 +85,27 @@ def copy_bandwidth(device: torch.device, repeat: int) -> tuple[float, float]:
     return 2 * nbytes / (ms / 1e3), 2 * nbytes / (ms_new / 1e3)
 
 
-class Transform(nn.Module):
-    """The GC block's bottleneck transform: Conv1x1(C->P) -> LayerNorm([P,1,1]) -> ReLU -> Conv1x1(P->C)."""
-
-    def __init__(self, channels: int, ratio: float) -> None:
-        super().__init__()
-        planes = int(channels * ratio)
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, planes, kernel_size=1), nn.LayerNorm([planes, 1, 1]), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, channels, kernel_size=1),
-        )
-        nn.init.normal_(self.net[3].weight, std=0.01)  # non-zero, so the add's gradient reaches everything
-
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        return self.net(context)  # [N, C, 1, 1] -> [N, C, 1, 1]
+def make_block(channels: int, device, dtype) -> ContextBlock:
+    """The paper's GC r16 block (gcrepro.modeling.ContextBlock) with every parameter non-zero (a fresh
+    block's last conv is zero, which would leave part of the backward with nothing to do)."""
+    block = ContextBlock(channels, GC_RATIO, impl="reference")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p[0].numel() ** 0.5))
+    return block.to(device=device, dtype=dtype)
 
 
-def make_case(op: str, impl: str, x, residual, mask_w, mask_b, transform):
+def make_case(op: str, impl: str, x, residual, block: ContextBlock):
+    """One timed call. context: the gc_context op; block / block+res+relu: the ContextBlock module as
+    the model runs it (forward / forward_residual), with impl switched between reference and fused."""
     def run():
-        context = ops.gc_context(x, mask_w, mask_b, impl=impl)  # [N, C, 1, 1]
         if op == "context":
-            return context
-        term = transform(context)  # [N, C, 1, 1]
+            return ops.gc_context(x, block.conv_mask.weight, block.conv_mask.bias, impl=impl)  # [N, C, 1, 1]
+        block.impl = impl
         if op == "block":
-            return ops.channel_add(x, term, impl=impl)  # [N, C, H, W]
-        return ops.channel_add(x, term, residual, relu=True, impl=impl)  # [N, C, H, W]
+            return block(x)  # [N, C, H, W]
+        return block.forward_residual(x, residual)  # [N, C, H, W]
 
     return run
 
@@ -118,21 +116,19 @@ def bench_shape(shape, device, dtype, layout, repeat, warmup, bandwidth):
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
     residual = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
-    mask_w = (torch.randn(1, c, 1, 1, generator=gen) / c**0.5).to(device=device, dtype=dtype)
-    mask_b = torch.zeros(1, device=device, dtype=dtype)
-    transform = Transform(c, GC_RATIO).to(device=device, dtype=dtype)
+    block = make_block(c, device, dtype)
     grads = {
         "context": torch.randn(n, c, 1, 1, generator=gen).to(device=device, dtype=dtype),
         "full": torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt),
     }
-    leaves = [x, residual, mask_w, mask_b, *transform.parameters()]
+    leaves = [x, residual, *block.parameters()]
     tensor_bytes = x.numel() * x.element_size()
     rows = []
     for op in ("context", "block", "block+res+relu"):
         for mode in ("fwd", "fwd+bwd"):
             times = {}
             for impl in ("reference", "fused"):
-                run = make_case(op, impl, x, residual, mask_w, mask_b, transform)
+                run = make_case(op, impl, x, residual, block)
                 if mode == "fwd":
                     def fn(run=run):
                         with torch.no_grad():

@@ -534,6 +534,10 @@ struct CudaAddKernels {
       const scalar_t* y = d.t.const_data_ptr<scalar_t>();
       scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
       if (!d.nhwc) {
+        // One block per row (n, c): N * C must fit gridDim.x (2^31 - 1); the launch below would
+        // otherwise silently truncate it to 32 bits and leave rows unwritten.
+        TORCH_CHECK(N * C <= std::numeric_limits<int>::max(), "gcrepro gc_add_relu_backward (CUDA): N*C = ", N * C,
+                    " exceeds 2^31 - 1");
         grad_t = at::empty({N, C}, acc_opts);
         constexpr int V = 16 / sizeof(scalar_t);
         const bool vec = HW % V == 0 && aligned16(g) && aligned16(y) && aligned16(gi);

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in ONE call on a lent GPU machine (device tool), sized to its
+# 15 minutes: build the CUDA op, run the GPU tests, time the op and the Mask R-CNN train step.
+#
+#   here:    sh scripts/gpu_wheels.sh                        (pycocotools for the GPU's Python 3.12)
+#   device:  run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=900 or less)
+#
+# Outputs under $OUT (the device tool returns them): log.txt (everything), build.log, pytest_gpu.log,
+# gc_op_bf16.json, gc_op_fp32.json, train_step.json, train_step_bf16.json. A short summary prints last.
+# Record the figures with card and date in benchmarks/RESULTS.md.
+set -u -o pipefail
+OUT=${OUT:-/tmp/gcrepro_gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/log.txt") 2>&1
+stamp() { echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $*"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "installing the carried wheels failed"; exit 1; }
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    echo "no .whl/ carried: pycocotools may be missing (sh scripts/gpu_wheels.sh here, carry .whl)"
+    export PYTHONPATH=$PWD
+fi
+stamp machine
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+stamp "build (CPU + CUDA op, sm_90)"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} GCREPRO_CUDA=1
+python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+python3 -c "from gcrepro import ops; assert ops.fused_available('cuda'), 'CUDA op not loaded'; print('fused op: cpu', ops.cpu_isa(), '+ cuda')" \
+    || exit 1
+
+stamp "pytest -m gpu"
+# Only the files that hold GPU tests: the notebook tests import papermill/nbformat at collection,
+# which the GPU image lacks (and a collection error would stop the whole run).
+GPU_TEST_FILES=$(grep -l -E "mark\.gpu|gpu_test" tests/test_*.py)
+python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TEST_FILES 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+TESTS=$(tail -1 "$OUT/pytest_gpu.log")
+
+stamp "benchmarks/gc_op.py (bf16, fp32)"
+python3 benchmarks/gc_op.py --device cuda --dtype bfloat16 --json "$OUT/gc_op_bf16.json"
+python3 benchmarks/gc_op.py --device cuda --dtype float32 --json "$OUT/gc_op_fp32.json"
+
+stamp "benchmarks/train_step.py (fp32/tf32, bf16 autocast)"
+python3 benchmarks/train_step.py --json "$OUT/train_step.json"
+python3 benchmarks/train_step.py --amp bf16 --json "$OUT/train_step_bf16.json"
+
+stamp summary
+echo "GPU tests: $TESTS"
+python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for name in ("gc_op_bf16", "gc_op_fp32"):
+    p = out / f"{name}.json"
+    if not p.exists():
+        print(f"{name}: missing"); continue
+    r = json.loads(p.read_text())
+    print(f"{name}: {r['device']}  copy {r['copy_bandwidth_gb_s']:.0f} GB/s")
+    for row in r["rows"]:
+        print(f"  {'x'.join(map(str, row['shape'])):<16} {row['op']:<15} {row['mode']:<8} ref {row['reference_ms']:7.3f} "
+              f"fused {row['fused_ms']:7.3f} ms  {row['speedup']:5.2f}x  {row['fused_over_floor']:5.2f}x floor")
+    for k, v in r["targets"].items():
+        print(f"  target {k}: {'met' if v else 'NOT met'}")
+for name in ("train_step", "train_step_bf16"):
+    p = out / f"{name}.json"
+    if not p.exists():
+        print(f"{name}: missing"); continue
+    r = json.loads(p.read_text())
+    print(f"{name} ({r['precision']}):")
+    for row in r["rows"]:
+        extra = f"  GC +{row['gc_train_overhead_pct']:.2f}% train, +{row['gc_infer_overhead_pct']:.2f}% infer" if "gc_train_overhead_pct" in row else ""
+        print(f"  {row['model']:<36} train {row['train_ms']:7.1f} ms  infer {row['infer_ms']:7.1f} ms  {row['train_mem_gb']:.1f} GB{extra}")
+PY
