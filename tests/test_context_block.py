@@ -185,22 +185,31 @@ DEVICES = [
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("residual", [False, True])
 def test_fused_block_equals_reference(device: str, residual: bool) -> None:
+    # The fused fp32 block against the reference block run in fp64 (same weights, same inputs):
+    # errors relative to each tensor's largest value, so that a gradient summed over many terms
+    # with cancellation (conv_mask's) is judged by its scale, not by its smallest entries.
     if not gcrepro.ops.fused_available(device):
         pytest.skip(f"compiled GC op not built for {device} (pip install --no-build-isolation -e .)")
     torch.manual_seed(0)
-    ref = ContextBlock(64, 1 / 4, impl="reference").to(device)
+    ref = ContextBlock(64, 1 / 4, impl="reference")
     _randomise(ref, seed=4)
-    fused = ContextBlock(64, 1 / 4, impl="fused").to(device)
+    fused = ContextBlock(64, 1 / 4, impl="fused")
     fused.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 64, 9, 7, device=device)
-    identity = torch.randn(2, 64, 9, 7, device=device)
+    ref, fused = ref.double(), fused.to(device)
+    x = torch.randn(2, 64, 9, 7)
+    identity = torch.randn(2, 64, 9, 7)
     outs, grads = [], []
-    for block in (ref, fused):
-        xi = x.clone().requires_grad_(True)
-        out = block.forward_residual(xi, identity) if residual else block(xi)
+    for block, dev, dtype in ((ref, "cpu", torch.float64), (fused, device, torch.float32)):
+        xi = x.to(dev, dtype).requires_grad_(True)
+        ii = identity.to(dev, dtype)
+        out = block.forward_residual(xi, ii) if residual else block(xi)
         out.backward(torch.ones_like(out))
-        outs.append(out)
-        grads.append([xi.grad] + [p.grad for p in block.parameters()])
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-    for g_fused, g_ref in zip(grads[1], grads[0]):
-        torch.testing.assert_close(g_fused, g_ref, rtol=1e-4, atol=1e-4)
+        outs.append(out.double().cpu())
+        grads.append([xi.grad.double().cpu()] + [p.grad.double().cpu() for p in block.parameters()])
+    names = ["x"] + [name for name, _ in ref.named_parameters()]
+    for name, got, want in zip(["out"] + names, [outs[1]] + grads[1], [outs[0]] + grads[0]):
+        if name == "conv_mask.bias":  # the softmax cancels it: 0 in the fused block, ~1e-16 in fp64
+            assert got.abs().max().item() < 1e-6
+            continue
+        err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-12)
+        assert err <= 3e-5, f"{name}: {err:.3g} of its largest value"
