@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,28 @@ def _cpu_threads(device: torch.device, *, requested: int, num_workers: int, worl
         logger.info("CPU: %d compute thread(s) per process beside %d data-loading process(es) on %d cores",
                     threads, num_workers, cores)
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def _process_setup(work_dir: Path, *, gpus: int, cfg: TrainConfig) -> Iterator[torch.device]:
+    """One run in this process: join (or create) the process group, log to ``work_dir`` (rank 0), and
+    on CPU flush denormals and set the compute threads. Yields the device; afterwards the threads and
+    the denormal mode are restored and a process group created here is destroyed."""
+    use_cuda = gpus > 0 or (dist.launched_by_torchrun() and torch.cuda.is_available() and gpus != 0)
+    owns_group = not dist.is_initialized()
+    device = dist.init_distributed(use_cuda=use_cuda)
+    threads = torch.get_num_threads()
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(work_dir if dist.get_rank() == 0 else None, rank=dist.get_rank())
+        _flush_denormals(device, True)
+        _cpu_threads(device, requested=cfg.cpu_threads, num_workers=cfg.num_workers, world=dist.get_world_size())
+        yield device
+    finally:
+        torch.set_num_threads(threads)
+        _flush_denormals(device, False)
+        if owns_group:
+            dist.destroy_distributed()
 
 
 def _multi_process(gpus: int, nprocs: int) -> int:
@@ -188,99 +212,88 @@ def _train_here(
     entry_obj, root, kind, profile = _resolve(entry, data, profile)
     cfg = make_config(entry=entry_obj.name, epochs=entry_obj.epochs, lr_steps=entry_obj.lr_steps, profile=profile,
                       data=str(root), data_kind=kind, options=options, overrides=overrides)
-    use_cuda = gpus > 0 or (dist.launched_by_torchrun() and torch.cuda.is_available() and gpus != 0)
-    owns_group = not dist.is_initialized()
-    device = dist.init_distributed(use_cuda=use_cuda)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(work_dir if rank == 0 else None, rank=rank)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    threads = torch.get_num_threads()
-    _flush_denormals(device, True)
-    try:
-        latest = ckpt.latest_checkpoint(work_dir)
-        if latest is not None and not resume:
-            raise FileExistsError(
-                f"{work_dir} already holds checkpoints ({latest.name}); pass --resume to continue that run "
-                "or choose a new --work-dir"
+    with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            latest = ckpt.latest_checkpoint(work_dir)
+            if latest is not None and not resume:
+                raise FileExistsError(
+                    f"{work_dir} already holds checkpoints ({latest.name}); pass --resume to continue that run "
+                    "or choose a new --work-dir"
+                )
+            logger.info("train %s (row %d) on %s data at %s, profile %s, %d process(es) on %s",
+                        entry_obj.name, entry_obj.row, kind, root, profile, world, device)
+            diffs = differences_from_paper(cfg, epochs=entry_obj.epochs, lr_steps=entry_obj.lr_steps)
+            if diffs:
+                logger.info("recipe differs from the paper's (SPEC §4) in: %s",
+                            ", ".join(f"{k}={v['used']} (paper {v['paper']})" for k, v in diffs.items()))
+            _set_deterministic(cfg.deterministic, device)
+
+            # Model init: the same seed on every rank (DDP also broadcasts rank 0's weights).
+            _seed_everything(cfg.seed)
+            dataset = CocoInstances(root, "train", train=True, seed=cfg.seed)
+            model = _build_model(entry_obj.name, num_classes=dataset.num_classes, cfg=cfg).to(device)
+            if cfg.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            model = dist.prepare_sync_bn(model, norm=entry_obj.norm, device=device)
+            # Training streams (RPN / RoI sampling): one per rank.
+            _seed_everything(cfg.seed + rank)
+
+            loader = build_loader(dataset, batch_size=cfg.images_per_gpu, train=True, num_workers=cfg.num_workers,
+                                  seed=cfg.seed, distributed=world > 1, pin_memory=device.type == "cuda")
+            data_epochs = EpochBatches(loader, seed=cfg.seed)
+            iters_per_epoch = len(data_epochs)
+            max_iter = cfg.epochs * iters_per_epoch
+            if cfg.max_iters:
+                max_iter = min(max_iter, cfg.max_iters)
+            lr = scale_lr(base_lr=cfg.base_lr, base_batch_size=cfg.base_batch_size, total_batch=cfg.total_batch(world))
+            optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            schedule = WarmupStepSchedule(
+                optimizer, base_lr=lr, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
+                milestones=milestone_iters(cfg.lr_steps, iters_per_epoch), gamma=cfg.lr_gamma,
             )
-        logger.info("train %s (row %d) on %s data at %s, profile %s, %d process(es) on %s",
-                    entry_obj.name, entry_obj.row, kind, root, profile, world, device)
-        diffs = differences_from_paper(cfg, epochs=entry_obj.epochs, lr_steps=entry_obj.lr_steps)
-        if diffs:
-            logger.info("recipe differs from the paper's (SPEC §4) in: %s",
-                        ", ".join(f"{k}={v['used']} (paper {v['paper']})" for k, v in diffs.items()))
-        _set_deterministic(cfg.deterministic, device)
-        _cpu_threads(device, requested=cfg.cpu_threads, num_workers=cfg.num_workers, world=world)
+            scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+            if world > 1:
+                model = torch.nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None
+                )
+            logger.info("%d images, %d iterations per epoch (%d images per process x %d), %d iterations in total; "
+                        "lr %g, steps at iterations %s", len(dataset), iters_per_epoch, cfg.images_per_gpu, world,
+                        max_iter, lr, list(schedule.milestones))
 
-        # Model init: the same seed on every rank (DDP also broadcasts rank 0's weights).
-        _seed_everything(cfg.seed)
-        dataset = CocoInstances(root, "train", train=True, seed=cfg.seed)
-        model = _build_model(entry_obj.name, num_classes=dataset.num_classes, cfg=cfg).to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model = dist.prepare_sync_bn(model, norm=entry_obj.norm, device=device)
-        # Training streams (RPN / RoI sampling): one per rank.
-        _seed_everything(cfg.seed + rank)
-
-        loader = build_loader(dataset, batch_size=cfg.images_per_gpu, train=True, num_workers=cfg.num_workers,
-                              seed=cfg.seed, distributed=world > 1, pin_memory=device.type == "cuda")
-        data_epochs = EpochBatches(loader, seed=cfg.seed)
-        iters_per_epoch = len(data_epochs)
-        max_iter = cfg.epochs * iters_per_epoch
-        if cfg.max_iters:
-            max_iter = min(max_iter, cfg.max_iters)
-        lr = scale_lr(base_lr=cfg.base_lr, base_batch_size=cfg.base_batch_size, total_batch=cfg.total_batch(world))
-        optimizer = build_optimizer(model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule = WarmupStepSchedule(
-            optimizer, base_lr=lr, warmup_iters=cfg.warmup_iters, warmup_ratio=cfg.warmup_ratio,
-            milestones=milestone_iters(cfg.lr_steps, iters_per_epoch), gamma=cfg.lr_gamma,
-        )
-        scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-        if world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
+            trainer = Trainer(
+                model=model, optimizer=optimizer, schedule=schedule, data=data_epochs, cfg=cfg, device=device,
+                work_dir=work_dir, max_iter=max_iter, scaler=scaler,
+                hooks=[
+                    MetricsLogger(work_dir / "metrics.jsonl", interval=cfg.log_interval),
+                    ProgressBar(desc=entry_obj.name),
+                    Checkpointer(work_dir, interval=cfg.checkpoint_interval, keep=cfg.keep_checkpoints),
+                ],
             )
-        logger.info("%d images, %d iterations per epoch (%d images per process x %d), %d iterations in total; "
-                    "lr %g, steps at iterations %s", len(dataset), iters_per_epoch, cfg.images_per_gpu, world,
-                    max_iter, lr, list(schedule.milestones))
+            if latest is not None:
+                state = ckpt.load_checkpoint(latest, map_location="cpu")
+                trainer.load_state_dict(state)
+                trainer.last_checkpoint = latest
+                logger.info("resumed from %s: iteration %d, epoch %d (+%d batches)",
+                            latest, trainer.iteration, trainer.epoch, trainer.iter_in_epoch)
+                if rank == 0:
+                    _trim_metrics_jsonl(work_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
+            elif rank == 0:  # a fresh run: no log lines or metrics of an earlier, checkpoint-less attempt
+                (work_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (work_dir / "metrics.json").unlink(missing_ok=True)
+            if trainer.iteration >= max_iter:
+                logger.info("nothing to do: the run already finished at iteration %d", trainer.iteration)
+                return ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
+            trainer.run()
 
-        trainer = Trainer(
-            model=model, optimizer=optimizer, schedule=schedule, data=data_epochs, cfg=cfg, device=device,
-            work_dir=work_dir, max_iter=max_iter, scaler=scaler,
-            hooks=[
-                MetricsLogger(work_dir / "metrics.jsonl", interval=cfg.log_interval),
-                ProgressBar(desc=entry_obj.name),
-                Checkpointer(work_dir, interval=cfg.checkpoint_interval, keep=cfg.keep_checkpoints),
-            ],
-        )
-        if latest is not None:
-            state = ckpt.load_checkpoint(latest, map_location="cpu")
-            trainer.load_state_dict(state)
-            trainer.last_checkpoint = latest
-            logger.info("resumed from %s: iteration %d, epoch %d (+%d batches)",
-                        latest, trainer.iteration, trainer.epoch, trainer.iter_in_epoch)
-            if rank == 0:
-                _trim_metrics_jsonl(work_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
-        elif rank == 0:  # a fresh run: no log lines or metrics of an earlier, checkpoint-less attempt
-            (work_dir / "metrics.jsonl").unlink(missing_ok=True)
-            (work_dir / "metrics.json").unlink(missing_ok=True)
-        if trainer.iteration >= max_iter:
-            logger.info("nothing to do: the run already finished at iteration %d", trainer.iteration)
-            return ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
-        trainer.run()
-
-        _write_train_metrics(work_dir, trainer=trainer, entry=entry_obj.name, kind=kind, lr=lr, diffs=diffs,
-                             iters_per_epoch=iters_per_epoch)
-        final = ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
-        logger.info("finished %d iterations; final checkpoint %s", trainer.iteration, final)
-        return final
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-        torch.set_num_threads(threads)
-        _flush_denormals(device, False)
-        if owns_group:
-            dist.destroy_distributed()
+            _write_train_metrics(work_dir, trainer=trainer, entry=entry_obj.name, kind=kind, lr=lr, diffs=diffs,
+                                 iters_per_epoch=iters_per_epoch)
+            final = ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
+            logger.info("finished %d iterations; final checkpoint %s", trainer.iteration, final)
+            return final
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _write_train_metrics(
@@ -377,16 +390,8 @@ def _evaluate_here(
         raise TypeError(f"evaluate: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
     cfg = dataclasses.replace(cfg, **eval_opts)
 
-    use_cuda = gpus > 0 or (dist.launched_by_torchrun() and torch.cuda.is_available() and gpus != 0)
-    owns_group = not dist.is_initialized()
-    device = dist.init_distributed(use_cuda=use_cuda)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(work_dir if rank == 0 else None, rank=rank)
-    _flush_denormals(device, True)
-    threads = torch.get_num_threads()
-    _cpu_threads(device, requested=cfg.cpu_threads, num_workers=cfg.num_workers, world=world)
-    try:
+    with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
+        rank, world = dist.get_rank(), dist.get_world_size()
         dataset = CocoInstances(root, "val", train=False)
         model = _build_model(entry_obj.name, num_classes=dataset.num_classes, cfg=cfg)
         model.load_state_dict(ckpt.model_state_from(state))
@@ -424,11 +429,6 @@ def _evaluate_here(
         logger.info("%s: box AP %.1f, mask AP %.1f, %.2f fps (batch 1, whole pipeline, %s)", entry_obj.name,
                     metrics["bbox"]["AP"] or 0.0, metrics["segm"]["AP"] or 0.0, fps or 0.0, device)
         return merged
-    finally:
-        torch.set_num_threads(threads)
-        _flush_denormals(device, False)
-        if owns_group:
-            dist.destroy_distributed()
 
 
 def _read_metrics(work_dir: Path) -> dict[str, Any]:
