@@ -54,11 +54,19 @@ python3 - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
+
+
+def load(name):
+    path = out / f"{name}.json"
+    if not path.exists():
+        print(f"{name}: missing (see log.txt)")
+        return None
+    return json.loads(path.read_text())
+
+
 for name in ("gc_op_bf16", "gc_op_fp32"):
-    p = out / f"{name}.json"
-    if not p.exists():
-        print(f"{name}: missing"); continue
-    r = json.loads(p.read_text())
+    if (r := load(name)) is None:
+        continue
     print(f"{name}: {r['device']}  copy {r['copy_bandwidth_gb_s']:.0f} GB/s")
     for row in r["rows"]:
         print(f"  {'x'.join(map(str, row['shape'])):<16} {row['op']:<15} {row['mode']:<8} ref {row['reference_ms']:7.3f} "
@@ -66,10 +74,8 @@ for name in ("gc_op_bf16", "gc_op_fp32"):
     for k, v in r["targets"].items():
         print(f"  target {k}: {'met' if v else 'NOT met'}")
 for name in ("train_step", "train_step_bf16"):
-    p = out / f"{name}.json"
-    if not p.exists():
-        print(f"{name}: missing"); continue
-    r = json.loads(p.read_text())
+    if (r := load(name)) is None:
+        continue
     print(f"{name} ({r['precision']}):")
     for row in r["rows"]:
         extra = f"  GC +{row['gc_train_overhead_pct']:.2f}% train, +{row['gc_infer_overhead_pct']:.2f}% infer" if "gc_train_overhead_pct" in row else ""

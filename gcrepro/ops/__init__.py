@@ -95,8 +95,9 @@ def _x_unsupported(x: Tensor) -> str | None:
 
 
 def _context_unsupported(x: Tensor, mask_weight: Tensor, mask_bias: Tensor | None) -> str | None:
-    if _x_unsupported(x) is not None:
-        return _x_unsupported(x)
+    why = _x_unsupported(x)
+    if why is not None:
+        return why
     if mask_weight.numel() != x.shape[1] or mask_weight.device != x.device:
         return "mask_weight does not match x"
     if mask_bias is not None and (mask_bias.numel() != 1 or mask_bias.device != x.device):
@@ -104,16 +105,21 @@ def _context_unsupported(x: Tensor, mask_weight: Tensor, mask_bias: Tensor | Non
     return None
 
 
-def _add_unsupported(x: Tensor, term: Tensor, residual: Tensor | None) -> str | None:
-    if _x_unsupported(x) is not None:
-        return _x_unsupported(x)
-    if term.numel() != x.shape[0] * x.shape[1] or term.device != x.device or not term.is_floating_point():
-        return f"term {tuple(term.shape)} is not one value per (sample, channel) of x {tuple(x.shape)}"
+def _residual_unsupported(x: Tensor, residual: Tensor | None) -> str | None:
     if residual is not None and (
         residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device
     ):
         return "residual does not match x in shape, dtype or device"
     return None
+
+
+def _add_unsupported(x: Tensor, term: Tensor, residual: Tensor | None) -> str | None:
+    why = _x_unsupported(x)
+    if why is not None:
+        return why
+    if term.numel() != x.shape[0] * x.shape[1] or term.device != x.device or not term.is_floating_point():
+        return f"term {tuple(term.shape)} is not one value per (sample, channel) of x {tuple(x.shape)}"
+    return _residual_unsupported(x, residual)
 
 
 def gc_context(x: Tensor, mask_weight: Tensor, mask_bias: Tensor | None, impl: str = "reference") -> Tensor:
@@ -152,9 +158,8 @@ def gc_block(
     ReLU -> Conv1x1(P->C) (ContextBlock.channel_add_conv) -> out [N, C, H, W]. The fused path is
     one autograd node (gcrepro/ops/block.py): x's two gradients are summed inside the kernel.
     """
-    unsupported = _context_unsupported(x, conv_mask.weight, conv_mask.bias)
-    if unsupported is None:
-        unsupported = _add_unsupported(x, x.new_empty(x.shape[0], x.shape[1]), residual)
+    # (the block makes its own channel term, one per (sample, channel): only x, the mask and the residual to check)
+    unsupported = _context_unsupported(x, conv_mask.weight, conv_mask.bias) or _residual_unsupported(x, residual)
     if _use_fused("gc_block", impl, x, unsupported):
         return _block.gc_block_fused(x, conv_mask, transform, residual, relu)
     context = gc_context_reference(x, conv_mask.weight, conv_mask.bias)  # [N, C, 1, 1]

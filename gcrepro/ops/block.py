@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gcrepro.ops.fused import acc_dtype, ops
+from gcrepro.ops.fused import acc_dtype, add_backward, ops
 
 
 def _layer_norm_fwd(h: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -52,7 +52,6 @@ class FusedGCBlock(torch.autograd.Function):
             out = ops.gc_add(x, term, residual, relu)  # [N, C, H, W]
         ctx.relu = relu
         ctx.has_residual = residual is not None
-        ctx.has_mask_b = mask_b is not None
         ctx.dtypes = (mask_w.dtype, w1.dtype, b1.dtype, ln_w.dtype, ln_b.dtype, w2.dtype, b2.dtype)
         ctx.save_for_backward(x, mask_w, mask_b, context, lse, ctx_acc, w1m, w2m, x_hat, rstd, hn, a,
                               ln_w, out if relu else None)
@@ -65,10 +64,7 @@ class FusedGCBlock(torch.autograd.Function):
         with torch.autocast(device_type=x.device.type, enabled=False):
             grad_out = grad_out.to(x.dtype)
             # The add (and ReLU): gradient of its input, and of the channel term summed over HW.
-            if ctx.relu:
-                grad_in, grad_t = ops.gc_add_relu_backward(grad_out, out)  # [N, C, H, W], [N, C]
-            else:
-                grad_in, grad_t = grad_out, grad_out.sum(dim=(2, 3), dtype=acc)  # [N, C] acc
+            grad_in, grad_t = add_backward(grad_out, out, ctx.relu)  # [N, C, H, W], [N, C] acc
             # The transform, backwards: [N, C] -> grads of conv2, ReLU, LayerNorm, conv1, context.
             g_b2 = grad_t.sum(0)  # [C]
             g_w2 = grad_t.t() @ a  # [C, P]
@@ -84,7 +80,7 @@ class FusedGCBlock(torch.autograd.Function):
             grad_x, grad_mask_w = ops.gc_context_backward(g_context, None, x, mask_w, mask_b, context, lse, grad_in)
         mw_t, w1_t, b1_t, lnw_t, lnb_t, w2_t, b2_t = ctx.dtypes
         p, c = w1m.shape
-        grad_mask_b = torch.zeros_like(mask_b) if ctx.has_mask_b else None  # the softmax cancels the bias
+        grad_mask_b = None if mask_b is None else torch.zeros_like(mask_b)  # the softmax cancels the bias
         return (
             grad_x, grad_mask_w.to(mw_t), grad_mask_b,
             g_w1.to(w1_t).view(p, c, 1, 1), g_b1.to(b1_t),

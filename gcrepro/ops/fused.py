@@ -77,13 +77,17 @@ def _gc_add_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(output if relu else None)
 
 
+def add_backward(grad: Tensor, out: Tensor | None, relu: bool) -> tuple[Tensor, Tensor]:
+    """Backward of gc_add: (gradient of its x (and residual) input [N, C, H, W], of the channel term
+    summed over HW [N, C] in the accumulation dtype). `out` (the op's output) is needed for the ReLU."""
+    if relu:
+        return ops.gc_add_relu_backward(grad, out)  # one pass: mask, store, sum over HW
+    return grad, grad.sum(dim=(2, 3), dtype=acc_dtype(grad.dtype))
+
+
 def _gc_add_backward(ctx, grad: Tensor):
-    if ctx.relu:
-        (out,) = ctx.saved_tensors
-        grad_in, grad_t = ops.gc_add_relu_backward(grad, out)  # one pass: mask, store, sum over HW
-    else:
-        grad_in = grad
-        grad_t = grad.sum(dim=(2, 3), dtype=acc_dtype(grad.dtype))
+    (out,) = ctx.saved_tensors
+    grad_in, grad_t = add_backward(grad, out, ctx.relu)
     grad_t = grad_t.to(ctx.t_dtype).reshape(ctx.t_shape)
     return grad_in, grad_t, (grad_in if ctx.has_residual else None), None
 
