@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from gcrepro.atomic import write_json_atomic
+
 
 def bench_row(row: int, *, iters: int, threads: int, work_dir: Path) -> dict:
     from gcrepro.engine.api import train
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": load_after,
         "results": results,
     }
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(args.out, record)
     print(f"wrote {args.out}")
     return 0
 

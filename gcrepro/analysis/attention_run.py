@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gcrepro.analysis import attention_plots, run_status
+from gcrepro.analysis import attention_plots
+from gcrepro.atomic import write_json_atomic
 from gcrepro.analysis.attention_maps import BlockRef, ImageMaps, capture_maps, gc_blocks, query_similarity
 
 ATTENTION_DIR = "attention"
@@ -71,7 +72,7 @@ def run_attention(
     out_dir = Path(run_dir) / ATTENTION_DIR
     if not e.gc:
         message = f"{e.name} has no GC blocks (context: {e.context}): there is no GC attention to show."
-        run_status.write_json_atomic(out_dir / "summary.json", {"entry": e.name, "gc": False, "message": message})
+        write_json_atomic(out_dir / "summary.json", {"entry": e.name, "gc": False, "message": message})
         return AttentionRun(entry=e.name, has_gc=False, message=message)
     if num_images < 1:
         raise ValueError(f"num_images {num_images}: expected at least 1")
@@ -96,6 +97,6 @@ def run_attention(
         "nonlocal_block": nl_block.label if nl_block else None,
         "nonlocal_query_similarity": {str(m.image_id): query_similarity(m.nl) for m in results if m.nl is not None},
     }
-    run_status.write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(out_dir / "summary.json", summary)
     message = f"{len(blocks)} GC blocks x {len(results)} images: figures in {out_dir}"
     return AttentionRun(entry=e.name, has_gc=True, message=message, results=results, paths=paths)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from gcrepro.atomic import write_text_atomic
+from gcrepro.atomic import write_json_atomic, write_text_atomic
 
 STATUS_FILE = "status.json"
 PARAMS_FILE = "params.yaml"
@@ -26,10 +25,6 @@ STATES = ("running", "done", "failed")
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_status(run_dir: Path) -> dict | None:
