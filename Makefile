@@ -6,8 +6,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-# nvcc on PATH may be a wrapper script; scripts/find_cuda_home.sh reads it for the real toolkit.
-CUDA_HOME ?= $(shell sh scripts/find_cuda_home.sh)
 
 .PHONY: setup demo test bench lab clean
 setup: $(VENV)/.installed
@@ -17,7 +15,8 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.* csrc/*/*.*)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q setuptools wheel ninja
-	CUDA_HOME="$(CUDA_HOME)" MAX_JOBS=2 $(PIP) install -q --no-build-isolation -e ".[dev,lab]"
+	# setup.py finds the CUDA toolkit itself (CUDA_HOME, or the nvcc on PATH followed through a wrapper)
+	MAX_JOBS=2 $(PIP) install -q --no-build-isolation -e ".[dev,lab]"
 	touch $@
 
 demo: setup
