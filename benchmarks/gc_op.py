@@ -20,8 +20,10 @@ N*C*H*W tensor (one pass = one read or one write of it):
   block+res+relu  fwd 4 (+ read residual)
            fwd+bwd 10 (+ ReLU mask: read grad, read out, write grad_in; context: read x and grad_in,
                     write grad_x)
-On CPU the fused op's large outputs are backed by huge pages (csrc/cpu/huge_pages.h), torch's
-only with THP_MEM_ALLOC_ENABLE=1 in the environment: run once with it to compare like for like.
+On CPU the fused op's outputs of 1 MiB and more come from a pool of recycled, huge-page-backed
+blocks (csrc/cpu/output_pool.h): after the first call they cost no page faults. torch's own
+outputs come from glibc (a fresh, faulting mmap for the largest; huge pages only with
+THP_MEM_ALLOC_ENABLE=1). GCREPRO_CPU_POOL_MB=0 in the environment shows the op without its pool.
 Writes a table to stdout and JSON to benchmarks/gc_op.json (or --json).
 Targets: CPU fused >= 2x faster than the reference; CUDA (H100) fused forward within 2x the floor
 and >= 5x faster than the reference, forward+backward >= 3x faster.
@@ -201,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     stat = "median" if device.type == "cuda" else "min"
     isa = f"   CPU kernels {ops.cpu_isa()}" if device.type == "cpu" else ""
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
+    pool = ops.cpu_output_pool() if device.type == "cpu" else None
+    pool_note = "" if pool is None else f"   output pool {pool['cap_bytes'] >> 20 or 'off'}" + (" MiB" if pool['cap_bytes'] else "")
     print(f"device: {device_name(device)}   torch {torch.__version__}   dtype {dtype}   layout {args.layout}"
-          f"   {stat} of {repeat} runs{isa}" + ("   THP_MEM_ALLOC_ENABLE=1" if thp else ""))
+          f"   {stat} of {repeat} runs{isa}{pool_note}" + ("   THP_MEM_ALLOC_ENABLE=1" if thp else ""))
     print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s into an existing tensor (the floor's), "
           f"{bandwidth_new / 1e9:.1f} GB/s into a new one (clone)")
     header = f"{'shape':<18} {'op':<15} {'mode':<8} {'ref ms':>9} {'fused ms':>9} {'speedup':>8} {'floor ms':>9} {'fused/floor':>11}"
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dtype": str(dtype).removeprefix("torch."), "layout": args.layout, "repeat": repeat,
         "cpu_isa": ops.cpu_isa() if device.type == "cpu" else None, "thp_mem_alloc_enable": thp,
+        "cpu_output_pool": pool,
         "statistic": "median" if device.type == "cuda" else "min",
         "copy_bandwidth_gb_s": bandwidth / 1e9, "clone_bandwidth_gb_s": bandwidth_new / 1e9, "rows": rows, "targets": targets,
     }

@@ -4,13 +4,43 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/output_pool.h"
+
+#include <exception>
 
 namespace {
 // gcrepro._C.cpu_isa() -> "avx2" | "baseline": the vector ISA the CPU kernels run (cpu/isa.h).
 PyObject* py_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(gcrepro::cpu::cpu_isa_name()); }
 
+// gcrepro._C.cpu_output_pool() -> dict of OutputPoolStats (cpu/output_pool.h); ValueError for a
+// bad GCREPRO_CPU_POOL_MB.
+PyObject* py_cpu_output_pool(PyObject*, PyObject*) {
+  try {
+    const gcrepro::OutputPoolStats s = gcrepro::output_pool_stats();
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L}", "cap_bytes", (long long)s.cap_bytes, "cached_bytes",
+                         (long long)s.cached_bytes, "cached_blocks", (long long)s.cached_blocks, "live_bytes",
+                         (long long)s.live_bytes, "hits", (long long)s.hits, "misses", (long long)s.misses);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
+// gcrepro._C.release_cpu_output_pool() -> bytes freed (the kept blocks).
+PyObject* py_release_cpu_output_pool(PyObject*, PyObject*) {
+  try {
+    return PyLong_FromLongLong(gcrepro::output_pool_release());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The vector ISA the CPU kernels run: 'avx2' or 'baseline'."},
+    {"cpu_output_pool", py_cpu_output_pool, METH_NOARGS, "Counters of the pool of large CPU outputs."},
+    {"release_cpu_output_pool", py_release_cpu_output_pool, METH_NOARGS,
+     "Free the pool's kept blocks; returns the bytes freed."},
     {nullptr, nullptr, 0, nullptr},
 };
 }  // namespace

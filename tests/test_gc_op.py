@@ -352,7 +352,7 @@ def test_cpu_isa_is_picked_at_run_time_and_both_variants_agree():
 
 @needs_op
 def test_cpu_large_output_parity():
-    # 32 MiB outputs: the size at which the kernels advise huge pages for them (csrc/cpu/huge_pages.h).
+    # 32 MiB outputs: glibc's largest mmap threshold (csrc/cpu/output_pool.h), served by the pool.
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 64, 512, 256, generator=g)
     term = torch.randn(1, 64, 1, 1, generator=g)
@@ -396,7 +396,8 @@ def _anon_huge_kb(begin: int, end: int) -> int:
 @needs_op
 @pytest.mark.skipif(_thp_mode() not in ("always", "madvise"), reason="transparent huge pages are off on this machine")
 def test_cpu_large_output_is_backed_by_huge_pages():
-    # The measured point of huge_pages.h: a fresh 62 MB c3-sized output faults in 2 MiB at a time.
+    # New blocks of the output pool (csrc/cpu/output_pool.h) are advised huge pages: a fresh 62 MB
+    # c3-sized output faults in 2 MiB at a time.
     x = torch.randn(2, 512, 100, 152)
     out = ops.channel_add(x, torch.randn(2, 512, 1, 1), impl="fused")
     huge_kb = _anon_huge_kb(out.data_ptr(), out.data_ptr() + out.nbytes)

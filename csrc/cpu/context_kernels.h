@@ -26,6 +26,7 @@ constexpr int64_t kMinRowBytesNCHW = 4096;
 constexpr int64_t kParallelElements = 1 << 16;
 
 int64_t chunk_positions(int64_t C, int64_t elem_size, bool nhwc) {
+  if (!nhwc && std::getenv("GC_EXP_WHOLE")) return std::atoi(std::getenv("GC_EXP_WHOLE"));
   const int64_t j = kChunkBytes / std::max<int64_t>(C * elem_size, 1) / 16 * 16;
   return std::clamp<int64_t>(j, nhwc ? 16 : kMinRowBytesNCHW / elem_size, 4096);
 }

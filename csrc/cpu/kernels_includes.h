@@ -4,7 +4,7 @@
 #pragma once
 
 #include "../gc_ops.h"
-#include "huge_pages.h"
+#include "output_pool.h"
 #include "isa.h"
 
 #include <ATen/Dispatch.h>

@@ -2,6 +2,8 @@
 
     fused_available(device) -> bool
     cpu_isa() -> "avx2" | "baseline" | None   (the vector ISA of the CPU kernels; None: not built)
+    cpu_output_pool() -> dict | None, release_cpu_output_pool() -> int
+        the pool that recycles the CPU kernels' large outputs (csrc/cpu/output_pool.h)
     gc_context(x, mask_weight, mask_bias, impl) -> context [N, C, 1, 1]
     channel_add(x, term, residual=None, relu=False, impl) -> out [N, C, H, W]
     gc_block(x, conv_mask, transform, residual=None, relu=False, impl) -> out [N, C, H, W]
@@ -29,7 +31,10 @@ if _extension.STATE.cpu:
 else:
     _block = _fused = None
 
-__all__ = ["IMPLS", "cpu_isa", "fused_available", "gc_context", "channel_add", "gc_block"]
+__all__ = [
+    "IMPLS", "cpu_isa", "cpu_output_pool", "release_cpu_output_pool",
+    "fused_available", "gc_context", "channel_add", "gc_block",
+]
 
 IMPLS = ("auto", "fused", "reference")
 _log = logging.getLogger(__name__)
@@ -55,6 +60,28 @@ def cpu_isa() -> str | None:
     import gcrepro._C
 
     return gcrepro._C.cpu_isa()
+
+
+def cpu_output_pool() -> dict[str, int] | None:
+    """Counters of the pool that serves the CPU kernels' outputs of 1 MiB and more from blocks
+    freed earlier (no page faults on reuse; new blocks huge-page backed): cap_bytes
+    (GCREPRO_CPU_POOL_MB, default 1024 MiB; 0 turns it off), cached_bytes / cached_blocks (kept
+    for reuse), live_bytes (held by tensors), hits, misses. None when the op is not built."""
+    if not _extension.STATE.cpu:
+        return None
+    import gcrepro._C
+
+    return gcrepro._C.cpu_output_pool()
+
+
+def release_cpu_output_pool() -> int:
+    """Free the blocks the CPU output pool keeps (as torch.cuda.empty_cache does for CUDA);
+    returns the bytes freed (0 when the op is not built)."""
+    if not _extension.STATE.cpu:
+        return 0
+    import gcrepro._C
+
+    return gcrepro._C.release_cpu_output_pool()
 
 
 def _use_fused(op: str, impl: str, x: Tensor, unsupported: str | None) -> bool:

@@ -38,7 +38,7 @@ class FusedGCBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mask_w, mask_b, w1, b1, ln_w, ln_b, ln_eps, w2, b2, residual, relu):
-        n, c = x.shape[0], x.shape[1]
+        c = x.shape[1]
         acc = acc_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C] (x's dtype), [N]
