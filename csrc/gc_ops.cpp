@@ -5,6 +5,7 @@
 
 #include "cpu/isa.h"
 #include "cpu/output_pool.h"
+#include "cpu/stream_store.h"
 
 #include <exception>
 
@@ -36,8 +37,13 @@ PyObject* py_release_cpu_output_pool(PyObject*, PyObject*) {
   }
 }
 
+// gcrepro._C.cpu_last_level_cache_bytes() -> the cache size that decides streaming stores.
+PyObject* py_cpu_llc(PyObject*, PyObject*) { return PyLong_FromLongLong(gcrepro::last_level_cache_bytes()); }
+
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The vector ISA the CPU kernels run: 'avx2' or 'baseline'."},
+    {"cpu_last_level_cache_bytes", py_cpu_llc, METH_NOARGS,
+     "Bytes of the last-level cache; fp32 outputs larger than half of it are written with streaming stores."},
     {"cpu_output_pool", py_cpu_output_pool, METH_NOARGS, "Counters of the pool of large CPU outputs."},
     {"release_cpu_output_pool", py_release_cpu_output_pool, METH_NOARGS,
      "Free the pool's kept blocks; returns the bytes freed."},

@@ -4,8 +4,9 @@
 #pragma once
 
 #include "../gc_ops.h"
-#include "output_pool.h"
 #include "isa.h"
+#include "output_pool.h"
+#include "stream_store.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
