@@ -26,7 +26,6 @@ constexpr int64_t kMinRowBytesNCHW = 4096;
 constexpr int64_t kParallelElements = 1 << 16;
 
 int64_t chunk_positions(int64_t C, int64_t elem_size, bool nhwc) {
-  if (!nhwc && std::getenv("GC_EXP_WHOLE")) return std::atoi(std::getenv("GC_EXP_WHOLE"));
   const int64_t j = kChunkBytes / std::max<int64_t>(C * elem_size, 1) / 16 * 16;
   return std::clamp<int64_t>(j, nhwc ? 16 : kMinRowBytesNCHW / elem_size, 4096);
 }
@@ -60,6 +59,43 @@ inline acc_t dot(const acc_t* a, const scalar_t* x, int64_t n) {
 }
 
 // logits[j] = w . x[:, j0 + j] for j < jn; for NHWC also g . x[:, j0 + j] into s (when s != nullptr).
+// l[j] += sum_{r < R} w[r] x0[r * HW + j] for j < jn: R channel rows of one chunk per sweep.
+template <int R, typename scalar_t, typename acc_t>
+inline void logits_rows(const scalar_t* x0, int64_t HW, int64_t jn, const acc_t* w, acc_t* l) {
+  acc_t wr[R];
+  for (int r = 0; r < R; ++r) wr[r] = w[r];
+#pragma omp simd
+  for (int64_t j = 0; j < jn; ++j) {
+    acc_t a = 0;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) a += wr[r] * static_cast<acc_t>(x0[r * HW + j]);
+    l[j] += a;
+  }
+}
+
+// acc[r] = acc[r] * scale + sum_{j < jn} p[j] x0[r * HW + j] for r < 8: eight rows per sweep,
+// eight independent sums (the FMA latency is hidden), p loaded once for all of them.
+template <typename scalar_t, typename acc_t>
+inline void weighted_rows8(const scalar_t* x0, int64_t HW, int64_t jn, const acc_t* p, acc_t scale, acc_t* acc) {
+  const scalar_t *x1 = x0 + HW, *x2 = x1 + HW, *x3 = x2 + HW, *x4 = x3 + HW, *x5 = x4 + HW, *x6 = x5 + HW,
+                 *x7 = x6 + HW;
+  acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0, d4 = 0, d5 = 0, d6 = 0, d7 = 0;
+#pragma omp simd reduction(+ : d0, d1, d2, d3, d4, d5, d6, d7)
+  for (int64_t j = 0; j < jn; ++j) {
+    const acc_t pj = p[j];
+    d0 += pj * static_cast<acc_t>(x0[j]);
+    d1 += pj * static_cast<acc_t>(x1[j]);
+    d2 += pj * static_cast<acc_t>(x2[j]);
+    d3 += pj * static_cast<acc_t>(x3[j]);
+    d4 += pj * static_cast<acc_t>(x4[j]);
+    d5 += pj * static_cast<acc_t>(x5[j]);
+    d6 += pj * static_cast<acc_t>(x6[j]);
+    d7 += pj * static_cast<acc_t>(x7[j]);
+  }
+  const acc_t d[8] = {d0, d1, d2, d3, d4, d5, d6, d7};
+  for (int r = 0; r < 8; ++r) acc[r] = acc[r] * scale + d[r];
+}
+
 template <typename scalar_t, typename acc_t>
 inline void chunk_logits(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t j0, int64_t jn,
                          const acc_t* w, const acc_t* g, acc_t* l, acc_t* s) {
@@ -67,21 +103,11 @@ inline void chunk_logits(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, i
     std::fill(l, l + jn, acc_t(0));
     if (s) std::fill(s, s + jn, acc_t(0));
     // Several channel rows per sweep: fewer loads/stores of l and s, and independent read
-    // streams in flight (eight for the forward's logits alone, four with s).
+    // streams in flight (sixteen for the forward's logits alone, four with s).
     int64_t c = 0;
     if (!s) {
-      for (; c + 8 <= C; c += 8) {
-        const scalar_t* x0 = xn + c * HW + j0;
-        const acc_t w0 = w[c], w1 = w[c + 1], w2 = w[c + 2], w3 = w[c + 3];
-        const acc_t w4 = w[c + 4], w5 = w[c + 5], w6 = w[c + 6], w7 = w[c + 7];
-#pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) {
-          l[j] += ((w0 * static_cast<acc_t>(x0[j]) + w1 * static_cast<acc_t>(x0[HW + j])) +
-                   (w2 * static_cast<acc_t>(x0[2 * HW + j]) + w3 * static_cast<acc_t>(x0[3 * HW + j]))) +
-                  ((w4 * static_cast<acc_t>(x0[4 * HW + j]) + w5 * static_cast<acc_t>(x0[5 * HW + j])) +
-                   (w6 * static_cast<acc_t>(x0[6 * HW + j]) + w7 * static_cast<acc_t>(x0[7 * HW + j])));
-        }
-      }
+      for (; c + 16 <= C; c += 16) logits_rows<16>(xn + c * HW + j0, HW, jn, w + c, l);
+      for (; c + 8 <= C; c += 8) logits_rows<8>(xn + c * HW + j0, HW, jn, w + c, l);
     }
     for (; c + 4 <= C; c += 4) {
       const scalar_t* x0 = xn + c * HW + j0;
@@ -154,6 +180,7 @@ void forward_task(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t 
     s = s * scale + ps;
     if (!nhwc) {
       int64_t c = 0;
+      for (; c + 8 <= C; c += 8) weighted_rows8<scalar_t, acc_t>(xn + c * HW + j0, HW, jn, l, scale, acc + c);
       for (; c + 4 <= C; c += 4) {  // four rows per sweep, as in chunk_logits
         const scalar_t* x0 = xn + c * HW + j0;
         const scalar_t* x1 = x0 + HW;

@@ -22,13 +22,25 @@ from torch import Tensor
 from gcrepro.ops.fused import acc_dtype, add_backward, ops
 
 
-def _layer_norm_fwd(h: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """LayerNorm over the last dim of h [N, P] -> (y, x_hat, rstd [N, 1]), biased variance as torch."""
-    mean = h.mean(dim=1, keepdim=True)  # [N, 1]
-    var = (h - mean).square().mean(dim=1, keepdim=True)  # [N, 1]
-    rstd = torch.rsqrt(var + eps)  # [N, 1]
-    x_hat = (h - mean) * rstd  # [N, P]
-    return x_hat * weight + bias, x_hat, rstd
+def _block_forward(x, mask_w, mask_b, w1, b1, ln_w, ln_b, ln_eps, w2, b2, residual, relu):
+    """The block's forward -> (out [N, C, H, W], what the backward needs: context [N, C], lse [N],
+    and the transform's inputs and normalisation statistics in the accumulation dtype)."""
+    c = x.shape[1]
+    acc = acc_dtype(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C] (x's dtype), [N]
+        ctx_acc = context.to(acc)  # [N, C]
+        w1m = w1.reshape(w1.shape[0], c).to(acc)  # [P, C]
+        w2m = w2.reshape(c, w2.shape[1]).to(acc)  # [C, P]
+        h = torch.addmm(b1.to(acc), ctx_acc, w1m.t())  # [N, P]
+        # LayerNorm([P, 1, 1]) on [N, P]: biased variance, eps inside the root, as torch's.
+        hn, mean, rstd = torch.native_layer_norm(
+            h, [h.shape[1]], ln_w.reshape(-1).to(acc), ln_b.reshape(-1).to(acc), ln_eps
+        )  # [N, P], [N, 1], [N, 1]
+        a = torch.relu(hn)  # [N, P]
+        term = torch.addmm(b2.to(acc), a, w2m.t())  # [N, C]
+        out = ops.gc_add(x, term, residual, relu)  # [N, C, H, W]
+    return out, (context, lse, ctx_acc, w1m, w2m, h, mean, rstd, hn, a)
 
 
 class FusedGCBlock(torch.autograd.Function):
@@ -38,30 +50,19 @@ class FusedGCBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mask_w, mask_b, w1, b1, ln_w, ln_b, ln_eps, w2, b2, residual, relu):
-        c = x.shape[1]
-        acc = acc_dtype(x.dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C] (x's dtype), [N]
-            ctx_acc = context.to(acc)  # [N, C]
-            w1m = w1.reshape(w1.shape[0], c).to(acc)  # [P, C]
-            w2m = w2.reshape(c, w2.shape[1]).to(acc)  # [C, P]
-            h = torch.addmm(b1.to(acc), ctx_acc, w1m.t())  # [N, P]
-            hn, x_hat, rstd = _layer_norm_fwd(h, ln_w.reshape(-1).to(acc), ln_b.reshape(-1).to(acc), ln_eps)
-            a = torch.relu(hn)  # [N, P]
-            term = torch.addmm(b2.to(acc), a, w2m.t())  # [N, C]
-            out = ops.gc_add(x, term, residual, relu)  # [N, C, H, W]
+        out, saved = _block_forward(x, mask_w, mask_b, w1, b1, ln_w, ln_b, ln_eps, w2, b2, residual, relu)
         ctx.relu = relu
         ctx.has_residual = residual is not None
         ctx.dtypes = (mask_w.dtype, w1.dtype, b1.dtype, ln_w.dtype, ln_b.dtype, w2.dtype, b2.dtype)
-        ctx.save_for_backward(x, mask_w, mask_b, context, lse, ctx_acc, w1m, w2m, x_hat, rstd, hn, a,
-                              ln_w, out if relu else None)
+        ctx.save_for_backward(x, mask_w, mask_b, *saved, ln_w, out if relu else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, mask_w, mask_b, context, lse, ctx_acc, w1m, w2m, x_hat, rstd, hn, a, ln_w, out = ctx.saved_tensors
+        x, mask_w, mask_b, context, lse, ctx_acc, w1m, w2m, h, mean, rstd, hn, a, ln_w, out = ctx.saved_tensors
         acc = ctx_acc.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
+            x_hat = (h - mean) * rstd  # [N, P], LayerNorm's normalised input
             grad_out = grad_out.to(x.dtype)
             # The add (and ReLU): gradient of its input, and of the channel term summed over HW.
             grad_in, grad_t = add_backward(grad_out, out, ctx.relu)  # [N, C, H, W], [N, C] acc
@@ -98,7 +99,8 @@ def gc_block_fused(
     conv_mask: Conv2d(C, 1, 1); transform: ContextBlock's channel_add_conv (Conv2d, LayerNorm,
     ReLU, Conv2d)."""
     conv1, norm, conv2 = transform[0], transform[1], transform[3]
-    return FusedGCBlock.apply(
-        x, conv_mask.weight, conv_mask.bias, conv1.weight, conv1.bias, norm.weight, norm.bias, norm.eps,
-        conv2.weight, conv2.bias, residual, relu,
-    )
+    args = (x, conv_mask.weight, conv_mask.bias, conv1.weight, conv1.bias, norm.weight, norm.bias, norm.eps,
+            conv2.weight, conv2.bias, residual, relu)
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+        return FusedGCBlock.apply(*args)
+    return _block_forward(*args)[0]  # inference: no autograd node, nothing kept
