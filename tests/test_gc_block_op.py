@@ -127,6 +127,24 @@ def test_fused_block_is_one_autograd_node_and_x_gradient_is_not_summed_by_autogr
     assert all(type(fn).__name__ != "AddBackward0" for fn, _ in out.grad_fn.next_functions if fn is not None)
 
 
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
+def test_fused_block_without_gradients_builds_no_node_and_matches(mode):
+    # Inference takes the forward straight (no autograd.Function, nothing saved): same values.
+    ref, fused = _blocks(16, 1 / 4, 3, "cpu", torch.float64)
+    x = torch.randn(2, 16, 5, 5, dtype=torch.float64)
+    identity = torch.randn(2, 16, 5, 5, dtype=torch.float64)
+    want, want_res = ref(x), ref.forward_residual(x, identity)
+    if mode == "frozen":  # grad mode on, but nothing requires grad
+        fused.requires_grad_(False)
+        got, got_res = fused(x), fused.forward_residual(x, identity)
+    else:
+        with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+            got, got_res = fused(x), fused.forward_residual(x, identity)
+    assert got.grad_fn is None and got_res.grad_fn is None
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got_res, want_res, rtol=0, atol=1e-10)
+
 @pytest.mark.parametrize("seed", [0, 37])
 def test_fused_block_under_cpu_autocast(seed):
     # AMP: x arrives in bf16; the fused block runs its transform in fp32 and returns bf16. Oracle:
