@@ -33,11 +33,11 @@ needs_pool = pytest.mark.skipif(
 )
 
 
-def _run(script: str, pool_mb: str | None) -> subprocess.CompletedProcess:
+def _run(script: str, pool_mb: str | None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "GCREPRO_CPU_POOL_MB"}
     if pool_mb is not None:
         env["GCREPRO_CPU_POOL_MB"] = pool_mb
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @needs_pool
@@ -149,3 +149,27 @@ def test_bad_pool_size_is_named():
     proc = _run("from gcrepro import ops; ops.cpu_output_pool()", "lots")
     assert proc.returncode != 0
     assert "GCREPRO_CPU_POOL_MB" in proc.stderr and "'lots'" in proc.stderr
+
+
+_FORK_SCRIPT = """
+import os, sys, torch
+from gcrepro import ops
+x = torch.randn(2, 64, 64, 64)
+t = torch.randn(2, 64, 1, 1)
+keep = ops.channel_add(x, t, impl="fused")  # a pooled output the child inherits
+pid = os.fork()
+if pid == 0:  # the child (a DataLoader worker would be one): the pool works, inherited tensors free
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's pool does not survive a fork
+    out = ops.channel_add(x, -t, impl="fused")
+    ok = torch.equal(out, x - t) and torch.equal(keep, x + t)
+    del out, keep
+    os._exit(0 if ok and ops.cpu_output_pool()["live_bytes"] == 0 else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_pool
+def test_pool_works_in_a_forked_child():
+    proc = _run(_FORK_SCRIPT, None, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

@@ -10,10 +10,12 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <new>
 #include <utility>
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -46,7 +48,15 @@ class Pool {
  public:
   // Never destroyed: a tensor freed during static destruction still finds its pool.
   static Pool& get() {
-    static Pool* pool = new Pool(read_cap_bytes());
+    static Pool* pool = [] {
+      Pool* p = new Pool(read_cap_bytes());
+#if defined(__linux__)
+      // A forked child (a DataLoader worker) gets a copy of the lock, held if another thread of
+      // the parent held it at the fork: give the child a fresh one.
+      pthread_atfork(nullptr, nullptr, [] { new (&Pool::get().mu_) std::mutex(); });
+#endif
+      return p;
+    }();
     return *pool;
   }
 
