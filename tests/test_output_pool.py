@@ -173,3 +173,30 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def test_pool_works_in_a_forked_child():
     proc = _run(_FORK_SCRIPT, None, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+_OOM_SCRIPT = """
+import resource, torch
+from gcrepro import ops
+small = torch.randn(2, 64, 128, 128)  # 8 MiB outputs
+big = torch.randn(2, 128, 128, 128)  # a 16 MiB output: no kept 8 MiB block can serve it
+t_small, t_big = torch.randn(2, 64, 1, 1), torch.randn(2, 128, 1, 1)
+want = big + t_big
+outs = [ops.channel_add(small, t_small * i, impl="fused") for i in range(4)]
+del outs  # 32 MiB kept by the pool
+assert ops.cpu_output_pool()["cached_bytes"] == 32 * 2**20
+vm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:"))
+limit = (vm_kb << 10) - 8 * 2**20  # address space below what is mapped now: a new 16 MiB block cannot fit
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+out = ops.channel_add(big, t_big, impl="fused")  # fails once, frees the kept blocks, succeeds
+assert torch.equal(out, want)
+stats = ops.cpu_output_pool()
+assert stats["cached_bytes"] == 0, stats
+print("ok")
+"""
+
+
+@needs_pool
+def test_out_of_memory_frees_kept_blocks_and_retries():
+    proc = _run(_OOM_SCRIPT, None, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

@@ -33,11 +33,11 @@ int64_t read_cap_bytes() {
   return static_cast<int64_t>(mb) << 20;
 }
 
-// A new block: 2 MiB-aligned, advised huge pages (advice only: without THP it stays 4 KiB pages).
+// A new block: 2 MiB-aligned, advised huge pages (advice only: without THP it stays 4 KiB pages);
+// nullptr when the system has no memory for it.
 void* new_block(int64_t bytes) {
   void* p = std::aligned_alloc(static_cast<size_t>(kHugePageBytes), static_cast<size_t>(bytes));
-  TORCH_CHECK_WITH(OutOfMemoryError, p != nullptr, "gcrepro: out of CPU memory allocating an output of ", bytes,
-                   " bytes");
+  if (p == nullptr) return nullptr;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   (void)madvise(p, static_cast<size_t>(bytes), MADV_HUGEPAGE);
 #endif
@@ -77,10 +77,18 @@ class Pool {
         ++hits_;
         return block;
       }
-      ++misses_;
-      live_ += bytes;
     }
-    return {new_block(bytes), bytes};
+    void* p = new_block(bytes);  // (outside the lock)
+    if (p == nullptr) {  // out of memory: give back what the pool keeps, and try once more
+      release();
+      p = new_block(bytes);
+      TORCH_CHECK_WITH(OutOfMemoryError, p != nullptr, "gcrepro: out of CPU memory allocating an output of ",
+                       bytes, " bytes");
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    ++misses_;
+    live_ += bytes;
+    return {p, bytes};
   }
 
   // A block whose tensor was freed (any thread): kept while the cap allows, else freed.
