@@ -145,6 +145,19 @@ def test_fused_block_without_gradients_builds_no_node_and_matches(mode):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     torch.testing.assert_close(got_res, want_res, rtol=0, atol=1e-10)
 
+
+def test_fused_block_refuses_forward_mode_ad_instead_of_dropping_the_tangent():
+    # Dual tensors do not require grad, but the inference path would lose their tangent: the
+    # autograd.Function, which has no jvp, must say so.
+    _, fused = _blocks(16, 1 / 4, 0, "cpu", torch.float32)
+    fused.requires_grad_(False)
+    x = torch.randn(2, 16, 5, 5)
+    with pytest.raises(NotImplementedError, match="jvp"):
+        with torch.autograd.forward_ad.dual_level():
+            fused(torch.autograd.forward_ad.make_dual(x, torch.randn_like(x)))
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.jvp(fused, (x,), (torch.randn_like(x),))
+
 @pytest.mark.parametrize("seed", [0, 37])
 def test_fused_block_under_cpu_autocast(seed):
     # AMP: x arrives in bf16; the fused block runs its transform in fp32 and returns bf16. Oracle:

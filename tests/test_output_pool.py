@@ -6,6 +6,7 @@ result: a recycled block holds the previous output's values until the kernel ove
 it, and its strides must be the ones at::empty would give."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -87,6 +88,7 @@ def test_small_outputs_bypass_the_pool():
 
 @needs_pool
 def test_outputs_freed_on_other_threads_return_to_the_pool():
+    gc.collect()  # pooled tensors of earlier tests, if any are still to be collected, go now
     x = torch.randn(BIG)
     term = torch.randn(2, 64, 1, 1)
     live = ops.cpu_output_pool()["live_bytes"]
@@ -102,6 +104,22 @@ def test_outputs_freed_on_other_threads_return_to_the_pool():
     for t in threads:
         t.join()
     assert ops.cpu_output_pool()["live_bytes"] == live
+
+
+@needs_pool
+def test_pooled_output_resizes_like_any_tensor():
+    # Growing moves the data to memory from torch's allocator; the block goes back to the pool.
+    gc.collect()
+    live = ops.cpu_output_pool()["live_bytes"]
+    out = ops.channel_add(torch.randn(BIG), torch.randn(2, 64, 1, 1), impl="fused")
+    before = out.clone()
+    assert ops.cpu_output_pool()["live_bytes"] == live + 2 * 2**20
+    out.resize_(2, 64, 64, 128)
+    assert out.shape == (2, 64, 64, 128)
+    assert torch.equal(out.view(-1)[: before.numel()], before.view(-1))
+    assert ops.cpu_output_pool()["live_bytes"] == live
+    out.fill_(1.0)  # the new memory is the tensor's own
+    assert out.sum().item() == out.numel()
 
 
 @needs_pool

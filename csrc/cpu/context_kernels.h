@@ -58,7 +58,6 @@ inline acc_t dot(const acc_t* a, const scalar_t* x, int64_t n) {
   return s;
 }
 
-// logits[j] = w . x[:, j0 + j] for j < jn; for NHWC also g . x[:, j0 + j] into s (when s != nullptr).
 // l[j] += sum_{r < R} w[r] x0[r * HW + j] for j < jn: R channel rows of one chunk per sweep.
 template <int R, typename scalar_t, typename acc_t>
 inline void logits_rows(const scalar_t* x0, int64_t HW, int64_t jn, const acc_t* w, acc_t* l) {
@@ -96,6 +95,7 @@ inline void weighted_rows8(const scalar_t* x0, int64_t HW, int64_t jn, const acc
   for (int r = 0; r < 8; ++r) acc[r] = acc[r] * scale + d[r];
 }
 
+// logits[j] = w . x[:, j0 + j] for j < jn; for NHWC also g . x[:, j0 + j] into s (when s != nullptr).
 template <typename scalar_t, typename acc_t>
 inline void chunk_logits(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t j0, int64_t jn,
                          const acc_t* w, const acc_t* g, acc_t* l, acc_t* s) {

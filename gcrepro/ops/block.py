@@ -101,6 +101,11 @@ def gc_block_fused(
     conv1, norm, conv2 = transform[0], transform[1], transform[3]
     args = (x, conv_mask.weight, conv_mask.bias, conv1.weight, conv1.bias, norm.weight, norm.bias, norm.eps,
             conv2.weight, conv2.bias, residual, relu)
-    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
+    # Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) carries tangents on tensors that
+    # do not require grad: it must meet the autograd.Function (which says it has no jvp), never
+    # the bare ops (which would drop the tangent silently).
+    forward_ad = torch.autograd.forward_ad._current_level >= 0
+    if needs_grad or forward_ad:
         return FusedGCBlock.apply(*args)
     return _block_forward(*args)[0]  # inference: no autograd node, nothing kept
