@@ -10,8 +10,9 @@
 // outputs of at least kPoolMinBytes are served from blocks freed earlier (best fit, at most
 // 25% larger); a new block is a 2 MiB-aligned mapping of its own, advised MADV_HUGEPAGE (honoured
 // when /sys/kernel/mm/transparent_hugepage/enabled is "always" or "madvise"), so even its first
-// touch faults 512x less often. An output behaves as any CPU tensor (resize_ included). Freed blocks are kept up to a cap: GCREPRO_CPU_POOL_MB (read
-// once; default 1024; 0 turns the pool off and outputs come from at::empty as any torch op's).
+// touch faults 512x less often. An output behaves as any CPU tensor (resize_ included). Freed
+// blocks are kept up to a cap: GCREPRO_CPU_POOL_MB (read once; default 1024; 0 turns the pool
+// off and outputs come from at::empty as any torch op's).
 // Smaller outputs come from at::empty: glibc recycles those from memory already mapped.
 #pragma once
 

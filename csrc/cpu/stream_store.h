@@ -10,8 +10,8 @@
 // input it is computed from (stream_stores(); on the development VM's 32 MiB L3: c3 and c4 stream,
 // c5 does not).
 // Streaming is written with fp32 vector intrinsics (stream_vec.h; the compiler does not emit
-// non-temporal stores from `omp simd` loops), so fp32 kernels stream and the others store as
-// usual. (Writing a piece of each row into an L1 buffer and copying it out with streaming stores,
+// non-temporal stores from `omp simd` loops), and only where it pays most: the fp32 add kernel
+// (gc_add, the block's forward output). Other dtypes and the backward kernels store as usual. (Writing a piece of each row into an L1 buffer and copying it out with streaming stores,
 // which would serve every dtype, measured no faster than plain stores.)
 // GCREPRO_CPU_STREAM=always|never (read once) overrides the choice, to test or compare.
 #pragma once
