@@ -11,8 +11,9 @@
 // c5 does not).
 // Streaming is written with fp32 vector intrinsics (stream_vec.h; the compiler does not emit
 // non-temporal stores from `omp simd` loops), and only where it pays most: the fp32 add kernel
-// (gc_add, the block's forward output). Other dtypes and the backward kernels store as usual. (Writing a piece of each row into an L1 buffer and copying it out with streaming stores,
-// which would serve every dtype, measured no faster than plain stores.)
+// (gc_add, the block's forward output). Other dtypes and the backward kernels store as usual.
+// (Writing a piece of each row into an L1 buffer and copying it out with streaming stores, which
+// would serve every dtype, measured no faster than plain stores.)
 // GCREPRO_CPU_STREAM=always|never (read once) overrides the choice, to test or compare.
 #pragma once
 
