@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     isa = f"   CPU kernels {ops.cpu_isa()}" if device.type == "cpu" else ""
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
     pool = ops.cpu_output_pool() if device.type == "cpu" else None
-    pool_note = "" if pool is None else f"   output pool {pool['cap_bytes'] >> 20 or 'off'}" + (" MiB" if pool['cap_bytes'] else "")
+    pool_note = "" if pool is None else "   output pool " + (f"{pool['cap_bytes'] >> 20} MiB" if pool["cap_bytes"] else "off")
     print(f"device: {device_name(device)}   torch {torch.__version__}   dtype {dtype}   layout {args.layout}"
           f"   {stat} of {repeat} runs{isa}{pool_note}" + ("   THP_MEM_ALLOC_ENABLE=1" if thp else ""))
     print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s into an existing tensor (the floor's), "

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,8 @@ import torch
 from gcrepro import ops
 from gcrepro.ops import _extension
 from gcrepro.ops.reference import channel_add_reference, gc_context_reference
+
+from child_process import run_python  # tests/child_process.py
 
 NO_EXT = os.environ.get("GCREPRO_NO_EXT", "") == "1"
 needs_op = pytest.mark.skipif(NO_EXT, reason="GCREPRO_NO_EXT=1: the compiled op is deliberately not used")
@@ -322,10 +322,7 @@ json.dump(out, sys.stdout)
 
 
 def _run_isa_script(isa: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "GCREPRO_CPU_ISA"}
-    if isa is not None:
-        env["GCREPRO_CPU_ISA"] = isa
-    proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    proc = run_python(_ISA_SCRIPT, env={"GCREPRO_CPU_ISA": isa})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import resource
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -19,6 +17,8 @@ import torch
 
 from gcrepro import ops
 from gcrepro.ops import _extension
+
+from child_process import run_python  # tests/child_process.py
 
 pytestmark = pytest.mark.skipif(not _extension.STATE.cpu, reason="the compiled op is not built (or GCREPRO_NO_EXT=1)")
 
@@ -35,10 +35,7 @@ needs_pool = pytest.mark.skipif(
 
 
 def _run(script: str, pool_mb: str | None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "GCREPRO_CPU_POOL_MB"}
-    if pool_mb is not None:
-        env["GCREPRO_CPU_POOL_MB"] = pool_mb
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_python(script, env={"GCREPRO_CPU_POOL_MB": pool_mb}, timeout=timeout)
 
 
 @needs_pool

@@ -6,9 +6,7 @@ choice is read once per process, so each mode runs in a subprocess (GCREPRO_CPU_
 must give the same bits: the vector and the scalar code add in the same order."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ import torch
 from gcrepro import ops
 from gcrepro.ops import _extension
 from gcrepro.ops.reference import channel_add_reference
+
+from child_process import run_python  # tests/child_process.py
 
 pytestmark = pytest.mark.skipif(not _extension.STATE.cpu, reason="the compiled op is not built (or GCREPRO_NO_EXT=1)")
 
@@ -46,9 +46,7 @@ torch.save(cases, sys.argv[1])
 
 
 def _run(mode: str, path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GCREPRO_CPU_STREAM": mode}
-    return subprocess.run([sys.executable, "-c", _SCRIPT, str(path)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_python(_SCRIPT, str(path), env={"GCREPRO_CPU_STREAM": mode})
 
 
 def test_streaming_and_plain_stores_give_the_same_bits(tmp_path):

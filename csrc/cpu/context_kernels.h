@@ -1,6 +1,6 @@
 // CPU kernels of gcrepro::gc_context and its backward (math and layouts: ../gc_ops.h).
 // Compiled once per vector ISA: included by kernels_baseline.cpp and kernels_avx2.cpp inside
-// namespace gcrepro::cpu::GCREPRO_CPU_NS (entry points declared in isa.h).
+// namespace gcrepro::cpu::<isa> (entry points declared in isa.h).
 //
 // Work split: each sample's H*W positions are cut into `splits` ranges so that N * splits
 // tasks keep every thread busy (at::parallel_for); a task walks its range in chunks of
@@ -95,57 +95,46 @@ inline void weighted_rows8(const scalar_t* x0, int64_t HW, int64_t jn, const acc
   for (int r = 0; r < 8; ++r) acc[r] = acc[r] * scale + d[r];
 }
 
-// logits[j] = w . x[:, j0 + j] for j < jn; for NHWC also g . x[:, j0 + j] into s (when s != nullptr).
+// l[j] = w . x[:, j0 + j] for j < jn, and s[j] = g . x[:, j0 + j] when s != nullptr (the backward).
 template <typename scalar_t, typename acc_t>
 inline void chunk_logits(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t j0, int64_t jn,
                          const acc_t* w, const acc_t* g, acc_t* l, acc_t* s) {
   if (!nhwc) {
     std::fill(l, l + jn, acc_t(0));
     if (s) std::fill(s, s + jn, acc_t(0));
-    // Several channel rows per sweep: fewer loads/stores of l and s, and independent read
+    // Several channel rows per sweep: fewer loads/stores of l (and s), and independent read
     // streams in flight (sixteen for the forward's logits alone, four with s).
     int64_t c = 0;
     if (!s) {
       for (; c + 16 <= C; c += 16) logits_rows<16>(xn + c * HW + j0, HW, jn, w + c, l);
-      for (; c + 8 <= C; c += 8) logits_rows<8>(xn + c * HW + j0, HW, jn, w + c, l);
+      for (; c + 4 <= C; c += 4) logits_rows<4>(xn + c * HW + j0, HW, jn, w + c, l);
+      for (; c < C; ++c) logits_rows<1>(xn + c * HW + j0, HW, jn, w + c, l);
+      return;
     }
+    // The backward's logits l = w . x and s = g . x, in the same sweep.
     for (; c + 4 <= C; c += 4) {
       const scalar_t* x0 = xn + c * HW + j0;
       const scalar_t* x1 = x0 + HW;
       const scalar_t* x2 = x1 + HW;
       const scalar_t* x3 = x2 + HW;
       const acc_t w0 = w[c], w1 = w[c + 1], w2 = w[c + 2], w3 = w[c + 3];
-      if (s) {
-        const acc_t g0 = g[c], g1 = g[c + 1], g2 = g[c + 2], g3 = g[c + 3];
+      const acc_t g0 = g[c], g1 = g[c + 1], g2 = g[c + 2], g3 = g[c + 3];
 #pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) {
-          const acc_t v0 = static_cast<acc_t>(x0[j]), v1 = static_cast<acc_t>(x1[j]);
-          const acc_t v2 = static_cast<acc_t>(x2[j]), v3 = static_cast<acc_t>(x3[j]);
-          l[j] += (w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3);
-          s[j] += (g0 * v0 + g1 * v1) + (g2 * v2 + g3 * v3);
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) {
-          l[j] += (w0 * static_cast<acc_t>(x0[j]) + w1 * static_cast<acc_t>(x1[j])) +
-                  (w2 * static_cast<acc_t>(x2[j]) + w3 * static_cast<acc_t>(x3[j]));
-        }
+      for (int64_t j = 0; j < jn; ++j) {
+        const acc_t v0 = static_cast<acc_t>(x0[j]), v1 = static_cast<acc_t>(x1[j]);
+        const acc_t v2 = static_cast<acc_t>(x2[j]), v3 = static_cast<acc_t>(x3[j]);
+        l[j] += (w0 * v0 + w1 * v1) + (w2 * v2 + w3 * v3);
+        s[j] += (g0 * v0 + g1 * v1) + (g2 * v2 + g3 * v3);
       }
     }
     for (; c < C; ++c) {
       const scalar_t* xr = xn + c * HW + j0;
-      const acc_t wc = w[c];
-      if (s) {
-        const acc_t gc = g[c];
+      const acc_t wc = w[c], gc = g[c];
 #pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) {
-          const acc_t v = static_cast<acc_t>(xr[j]);
-          l[j] += wc * v;
-          s[j] += gc * v;
-        }
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < jn; ++j) l[j] += wc * static_cast<acc_t>(xr[j]);
+      for (int64_t j = 0; j < jn; ++j) {
+        const acc_t v = static_cast<acc_t>(xr[j]);
+        l[j] += wc * v;
+        s[j] += gc * v;
       }
     }
   } else {
@@ -181,24 +170,6 @@ void forward_task(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t 
     if (!nhwc) {
       int64_t c = 0;
       for (; c + 8 <= C; c += 8) weighted_rows8<scalar_t, acc_t>(xn + c * HW + j0, HW, jn, l, scale, acc + c);
-      for (; c + 4 <= C; c += 4) {  // four rows per sweep, as in chunk_logits
-        const scalar_t* x0 = xn + c * HW + j0;
-        const scalar_t* x1 = x0 + HW;
-        const scalar_t* x2 = x1 + HW;
-        const scalar_t* x3 = x2 + HW;
-        acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-#pragma omp simd reduction(+ : d0, d1, d2, d3)
-        for (int64_t j = 0; j < jn; ++j) {
-          d0 += l[j] * static_cast<acc_t>(x0[j]);
-          d1 += l[j] * static_cast<acc_t>(x1[j]);
-          d2 += l[j] * static_cast<acc_t>(x2[j]);
-          d3 += l[j] * static_cast<acc_t>(x3[j]);
-        }
-        acc[c] = acc[c] * scale + d0;
-        acc[c + 1] = acc[c + 1] * scale + d1;
-        acc[c + 2] = acc[c + 2] * scale + d2;
-        acc[c + 3] = acc[c + 3] * scale + d3;
-      }
       for (; c < C; ++c) acc[c] = acc[c] * scale + dot(l, xn + c * HW + j0, jn);
     } else {
       if (scale != acc_t(1)) {
