@@ -102,7 +102,7 @@ std::tuple<Tensor, Tensor> gc_context_op(const Tensor& x, const Tensor& w, const
 
 // gc_context_backward(grad_context [N, C], grad_lse [N]?, x, w, b?, context, lse, grad_x_add?)
 //   -> (grad_x like x, grad_w like w). grad_b is sum(grad_lse) (the softmax cancels b):
-//   computed in Python, no kernel needed.
+//   the caller forms it, no kernel needed.
 //   With g = grad_context: dL/dlogit_j = p_j (g . x[:, j] - g . context + grad_lse),
 //   grad_x[c, j] = p_j g_c + w_c dL/dlogit_j (+ grad_x_add[c, j]),
 //   grad_w[c] = sum_{n, j} dL/dlogit_j x[c, j].

@@ -11,13 +11,13 @@ from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import DeformConv2d, FrozenBatchNorm2d
 
-import gcrepro.ops
+from gcrepro.modeling import attention as attention_module
 from gcrepro.modeling import norm as norm_module
 from gcrepro.modeling.attention import capture_attention, gc_blocks
 from gcrepro.modeling.backbone import build_resnet, gc_parameter_count
-from gcrepro.modeling.context_block import ContextBlock
 from gcrepro.modeling.norm import FrozenStatsBatchNorm2d, make_norm
 from gcrepro.modeling.weights import load_pretrained
+from gcrepro.ops.reference import gc_attention
 
 C3_C5 = (False, True, True, True)
 NONE = (False, False, False, False)
@@ -307,31 +307,49 @@ def test_pretrained_bad_inputs_give_clear_errors(tmp_path, monkeypatch) -> None:
 # --- attention capture -------------------------------------------------------------------------
 
 
-def test_capture_attention_maps(monkeypatch) -> None:
-    model = toy(norm="fixbn").eval()
+@pytest.mark.parametrize("gc_impl", ["reference", "auto"])
+def test_capture_attention_maps(gc_impl: str, monkeypatch) -> None:
+    model = toy(norm="fixbn", gc_impl=gc_impl).eval()  # "auto": the compiled op where it is built
     _randomise_gc(model)
     x = torch.randn(2, 3, 64, 96)
-    monkeypatch.setattr(gcrepro.ops, "fused_available", lambda device: False)  # plain run: reference path
     with torch.no_grad():
         plain = model(x)
-    assert all(b._attention_sink is None for _, b in gc_blocks(model))
-
-    monkeypatch.setattr(gcrepro.ops, "fused_available", lambda device: True)  # capture must still use reference
+    names = [n for n, _ in gc_blocks(model)]
+    inputs = {}  # each block's input: the bn3 output of its Bottleneck
+    handles = [model.get_submodule(n.rpartition(".")[0] + ".bn3").register_forward_hook(
+        lambda _m, _args, out, n=n: inputs.__setitem__(n, out)) for n in names]
     with capture_attention(model) as maps, torch.no_grad():
         captured = model(x)
-    torch.testing.assert_close(captured, plain, rtol=0, atol=1e-6)
-    names = [n for n, _ in gc_blocks(model)]
+    for handle in handles:
+        handle.remove()
+    assert torch.equal(captured, plain)  # the blocks ran what they run without capture (same code, same input)
     assert list(maps) == names and len(names) == 13
     assert tuple(maps["layer2.0.context_block"].shape) == (2, 1, 8, 12)
     assert tuple(maps["layer4.2.context_block"].shape) == (2, 1, 2, 3)
     for name, attn in maps.items():
+        block = model.get_submodule(name)
         assert not attn.requires_grad
         torch.testing.assert_close(attn.sum(dim=(2, 3)), torch.ones(2, 1), msg=name)
-    assert all(b._attention_sink is None for _, b in gc_blocks(model))  # nothing kept after the with
+        # the reference map of the block's input (the same function on the same tensor: equal)
+        assert torch.equal(attn, gc_attention(inputs[name], block.conv_mask.weight, block.conv_mask.bias)), name
 
-    monkeypatch.setattr(gcrepro.ops, "fused_available", lambda device: False)
+    # nothing is computed or kept after the with (also when its body raised), and no nesting
+    calls = []
+    monkeypatch.setattr(attention_module, "gc_attention", lambda *a: calls.append(1) or gc_attention(*a))
     stale = dict(maps)
     with torch.no_grad():
-        model(torch.randn(2, 3, 64, 96))
-    assert all(maps[k] is stale[k] for k in stale)  # not refreshed outside the with
-    assert isinstance(gc_blocks(model)[0][1], ContextBlock)
+        model(x)
+    assert all(maps[k] is stale[k] for k in stale) and calls == []
+    with pytest.raises(ZeroDivisionError):
+        with capture_attention(model):
+            1 / 0
+    with capture_attention(model) as again:
+        with pytest.raises(RuntimeError, match="nested"):
+            with capture_attention(model):
+                pass
+        with torch.no_grad():
+            model(x)
+    assert len(again) == 13 and len(calls) == 13
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 13

@@ -1,12 +1,10 @@
 // CPU kernels of gcrepro::gc_add (x + channel term (+ residual) (ReLU)) and of its ReLU
 // backward (math and layouts: ../gc_ops.h). Compiled once per vector ISA, like context_kernels.h.
-// One pass over the tensors; rows of contiguous
-// memory (H*W per (n, c) for NCHW, C per (n, position) for channels_last) are split over
-// threads with at::parallel_for; the inner loops are vectorised by the compiler.
+// One pass over the tensors; rows of contiguous memory (H*W per (n, c) for NCHW, C per
+// (n, position) for channels_last) are split over threads with at::parallel_for; the inner loops
+// are vectorised by the compiler. Outputs come from torch's allocator (empty_4d, ../gc_ops.h).
 
 // (no include guard: each ISA translation unit includes this file once, in its own namespace)
-
-#include "stream_vec.h"
 
 namespace {
 
@@ -34,26 +32,6 @@ inline void add_row(const scalar_t* x, const scalar_t* r, const acc_t* t, bool t
   }
 }
 
-// add_row for fp32 with non-temporal stores (stream_store.h), in the vector width of the ISA.
-template <bool kResidual, bool kRelu>
-inline void add_row_stream(const float* x, const float* r, const float* t, bool t_scalar, float* out, int64_t len) {
-  const auto one = [&](int64_t i) {
-    float v = x[i] + (t_scalar ? t[0] : t[i]);
-    if constexpr (kResidual) v += r[i];
-    if constexpr (kRelu) v = v < 0.f ? 0.f : v;
-    out[i] = v;
-  };
-  int64_t i = 0;
-  for (; i < len && reinterpret_cast<uintptr_t>(out + i) % stream_vec::kBytes != 0; ++i) one(i);
-  for (; i + stream_vec::kFloats <= len; i += stream_vec::kFloats) {
-    auto v = stream_vec::add(stream_vec::load(x + i), t_scalar ? stream_vec::set1(t[0]) : stream_vec::load(t + i));
-    if constexpr (kResidual) v = stream_vec::add(v, stream_vec::load(r + i));
-    if constexpr (kRelu) v = stream_vec::relu(v);
-    stream_vec::stream(out + i, v);
-  }
-  for (; i < len; ++i) one(i);
-}
-
 template <typename scalar_t, bool kResidual, bool kRelu>
 void add_forward_impl(const Dense4d& d, const Tensor& t, const Tensor& res, Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -66,22 +44,12 @@ void add_forward_impl(const Dense4d& d, const Tensor& t, const Tensor& res, Tens
   const int64_t rows = d.nhwc ? d.N * HW : d.N * C;
   const int64_t len = d.nhwc ? C : HW;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / len);
-  const int64_t bytes = d.N * C * HW * static_cast<int64_t>(sizeof(scalar_t));
-  // fp32 outputs larger than the cache go out with streaming stores (stream_store.h).
-  const bool stream = std::is_same_v<scalar_t, float> && stream_stores(bytes);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t off = row * len;
       const acc_t* trow = d.nhwc ? tp + (row / HW) * C : tp + row;
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (stream) {
-          add_row_stream<kResidual, kRelu>(x + off, kResidual ? r + off : nullptr, trow, !d.nhwc, o + off, len);
-          continue;
-        }
-      }
       add_row<scalar_t, acc_t, kResidual, kRelu>(x + off, kResidual ? r + off : nullptr, trow, !d.nhwc, o + off, len);
     }
-    if (stream) stream_fence();
   });
 }
 
@@ -162,7 +130,7 @@ void add_relu_backward_impl(const Dense4d& d, const Tensor& grad, Tensor& grad_i
 }  // namespace
 
 Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu) {
-  Tensor out = empty_4d_cpu(d.t, d.nhwc);
+  Tensor out = empty_4d(d.t, d.nhwc);
   const bool has_res = res.defined();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_cpu", [&] {
     if (has_res && relu) add_forward_impl<scalar_t, true, true>(d, t, res, out);
@@ -174,7 +142,7 @@ Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool re
 }
 
 Tensor_pair add_relu_backward(const Dense4d& d, const Tensor& grad) {
-  Tensor grad_in = empty_4d_cpu(d.t, d.nhwc);
+  Tensor grad_in = empty_4d(d.t, d.nhwc);
   Tensor grad_t = at::empty({d.N, d.C}, d.t.options().dtype(acc_type(d.t.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_add_relu_backward_cpu", [&] {
     add_relu_backward_impl<scalar_t>(d, grad, grad_in, grad_t);

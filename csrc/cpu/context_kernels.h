@@ -334,7 +334,7 @@ Tensor_pair context_forward(const Dense4d& d, const Tensor& w) {
 Tensor_pair context_backward(const Dense4d& d, const Tensor& w, const Tensor& g, const Tensor& gdot,
                              const Tensor& lse, const Tensor& add) {
   const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
-  Tensor grad_x = empty_4d_cpu(d.t, d.nhwc);
+  Tensor grad_x = empty_4d(d.t, d.nhwc);
   Tensor part_dw = at::empty({d.N * sp.splits, d.C}, w.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_backward_cpu", [&] {
     if (add.defined()) context_backward_impl<scalar_t, true>(d, sp, w, g, gdot, lse, add, grad_x, part_dw);

@@ -5,8 +5,6 @@
 
 #include "../gc_ops.h"
 #include "isa.h"
-#include "output_pool.h"
-#include "stream_store.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -115,7 +115,7 @@ def capture_maps(
     nl_block: BlockRef | None = None,
 ) -> ImageMaps:
     """GC maps of every block for one image [3, H, W] in 0..1 (and non-local maps of ``nl_block``,
-    computed from that block's input: the ``bn3`` output of the Bottleneck holding it)."""
+    computed from that block's input)."""
     from gcrepro.modeling.attention import capture_attention
 
     model.eval()
@@ -125,10 +125,8 @@ def capture_maps(
     inputs: dict[str, Tensor] = {}
     with ExitStack() as stack:
         if nl_block is not None:
-            # The block's input is its Bottleneck's bn3 output (the block runs via forward_residual,
-            # which module hooks on the block itself do not see).
-            bn3 = model.get_submodule(nl_block.name.rpartition(".")[0] + ".bn3")
-            handle = bn3.register_forward_hook(lambda _m, _args, out: inputs.__setitem__("x", out.detach()))
+            block = model.get_submodule(nl_block.name)
+            handle = block.register_forward_pre_hook(lambda _m, args: inputs.__setitem__("x", args[0].detach()))
             stack.callback(handle.remove)
         maps = stack.enter_context(capture_attention(model))
         image_list, _ = model.transform([image.to(device)])  # resize + normalise + pad (the model's own)

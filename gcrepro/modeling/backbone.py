@@ -85,7 +85,7 @@ class Bottleneck(nn.Module):
         if self.downsample is not None:
             identity = self.downsample(x)  # [N, Cout, H/s, W/s]
         if self.context_block is not None:
-            return self.context_block.forward_residual(out, identity)  # relu(gc(out) + identity)
+            return self.context_block(out, identity)  # relu(gc(out) + identity)
         out = out + identity  # [N, Cout, H/s, W/s]
         return self.relu(out)
 

@@ -8,27 +8,21 @@ Networks and Beyond" (arXiv:1904.11492), exactly as SPEC §1 and ``mmcv.cnn.Cont
 Submodule names equal mmcv's (``conv_mask``, ``channel_add_conv.{0,1,3}``,
 ``channel_mul_conv.{0,1,3}``) so upstream GCNet and mmcv weights load without renaming.
 
-Implementations (``impl``): "reference" is pure PyTorch; "fused" is the compiled op of
-``gcrepro.ops`` (built by ``pip install --no-build-isolation -e .``); "auto" picks "fused" when it
-is built for the input's device and the block is the paper's (att pooling + channel_add only).
+``impl`` ("auto" | "reference" | "fused") is handed to ``gcrepro.ops.use_fused``, which decides
+per call whether the paper's block runs as the compiled op ``gcrepro.ops.gc_block`` (built by
+``pip install --no-build-isolation -e .``) or as the PyTorch math below. Attention maps are read
+out by forward pre-hooks (``gcrepro.modeling.attention.capture_attention``), not by the block.
 """
 from __future__ import annotations
-
-import logging
 
 import torch
 from torch import Tensor, nn
 
 from gcrepro import ops
-from gcrepro.ops.reference import gc_attention
-
-logger = logging.getLogger(__name__)
+from gcrepro.ops.reference import gc_context_reference
 
 POOLING_TYPES = ("att", "avg")
 FUSION_TYPES = ("channel_add", "channel_mul")
-IMPLS = ("auto", "reference", "fused")
-
-_logged_impls: set[tuple[str, str]] = set()  # (impl, device type) already announced
 
 
 def _transform(channels: int, planes: int) -> nn.Sequential:
@@ -49,7 +43,8 @@ class ContextBlock(nn.Module):
         ratio: bottleneck ratio of the transform, P = int(C * ratio) (paper: 1/16 "r16", 1/4 "r4").
         pooling_type: "att" (paper) or "avg" (ablation).
         fusion_types: non-empty subset of ("channel_add", "channel_mul"); paper: ("channel_add",).
-        impl: "auto" | "reference" | "fused" (see module docstring).
+        impl: "auto" | "reference" | "fused" (``gcrepro.ops.use_fused``; "fused" takes the paper's
+            block only: att pooling with channel_add fusion).
 
     Attributes set by the backbone builder: ``stage`` (ResNet layer index, 2..4 for c3..c5) and
     ``block_index`` (index of the Bottleneck inside its layer).
@@ -79,8 +74,8 @@ class ContextBlock(nn.Module):
                 f"ContextBlock ratio={ratio!r} with in_channels={in_channels}: expected 0 < ratio <= 1 "
                 f"and int(in_channels * ratio) >= 1 (paper: 1/16 or 1/4)"
             )
-        if impl not in IMPLS:
-            raise ValueError(f"ContextBlock impl={impl!r}: expected one of {IMPLS}")
+        if impl not in ops.IMPLS:
+            raise ValueError(f"ContextBlock impl={impl!r}: expected one of {ops.IMPLS}")
         self.in_channels = in_channels
         self.ratio = float(ratio)
         self.planes = int(in_channels * ratio)  # SPEC §1: P = int(C * ratio)
@@ -89,7 +84,7 @@ class ContextBlock(nn.Module):
         self.impl = impl
         self.stage: int | None = None
         self.block_index: int | None = None
-        self._attention_sink: tuple[dict[str, Tensor], str] | None = None  # set by capture_attention
+        self.paper_block = pooling_type == "att" and fusion_types == ("channel_add",)  # what the op implements
 
         if pooling_type == "att":
             self.conv_mask = nn.Conv2d(in_channels, 1, kernel_size=1)
@@ -119,71 +114,21 @@ class ContextBlock(nn.Module):
             f"pooling_type={self.pooling_type!r}, fusion_types={self.fusion_types}, impl={self.impl!r}"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [N, C, H, W] -> x * sigmoid(T_mul(ctx)) + T_add(ctx), [N, C, H, W]."""
-        return self._fuse(x, identity=None, relu=False)
-
-    def forward_residual(self, x: Tensor, identity: Tensor) -> Tensor:
-        """relu(forward(x) + identity): the Bottleneck's residual add and final ReLU, fused into the
-        channel_add epilogue when the compiled op runs. x, identity [N, C, H, W] -> [N, C, H, W]."""
-        return self._fuse(x, identity=identity, relu=True)
-
-    def resolve_impl(self, device: torch.device) -> str:
-        """The implementation a forward on ``device`` runs: "reference" or "fused"."""
-        if self._attention_sink is not None:
-            return "reference"  # the attention map is only materialised by the reference path
-        if self.impl == "reference":
-            return "reference"
-        available = ops.fused_available(device)
-        if self.impl == "fused":
-            if not available:
-                raise RuntimeError(
-                    f"ContextBlock impl='fused' but the compiled GC op is not built for {device.type}: "
-                    "build it with `pip install --no-build-isolation -e .` (CUDA toolkit needed for GPUs), "
-                    "or use impl='auto'/'reference'"
-                )
-            return "fused"
-        paper_block = self.pooling_type == "att" and self.fusion_types == ("channel_add",)
-        return "fused" if available and paper_block else "reference"
-
-    def _fuse(self, x: Tensor, identity: Tensor | None, relu: bool) -> Tensor:
-        resolved = self.resolve_impl(x.device)
-        key = (resolved, x.device.type)
-        if key not in _logged_impls and not torch.compiler.is_compiling():
-            _logged_impls.add(key)
-            logger.info("GC block runs the %s implementation on %s", resolved, x.device.type)
-        # Under "auto" the ops still get "auto", so inputs the kernels do not take fall back per call.
-        impl = "auto" if resolved == "fused" and self.impl == "auto" else resolved
-
-        if self.pooling_type == "att" and self.fusion_types == ("channel_add",) and self._attention_sink is None:
-            # The paper's block: context -> transform -> add (+ identity, ReLU); fused, one autograd node.
-            return ops.gc_block(x, self.conv_mask, self.channel_add_conv, identity, relu, impl)  # [N, C, H, W]
-        context = self._pool(x, impl)  # [N, C, 1, 1]
+    def forward(self, x: Tensor, identity: Tensor | None = None) -> Tensor:
+        """x [N, C, H, W] -> x * sigmoid(T_mul(ctx)) + T_add(ctx), [N, C, H, W]. With ``identity``
+        (the Bottleneck's residual, [N, C, H, W]): relu(that + identity), the Bottleneck's residual
+        add and final ReLU, which the compiled op fuses into its channel add."""
+        if ops.use_fused(self.impl, x, identity, paper_block=self.paper_block):
+            return ops.gc_block(x, self.conv_mask, self.channel_add_conv, identity, relu=identity is not None)
+        if self.pooling_type == "att":
+            context = gc_context_reference(x, self.conv_mask.weight, self.conv_mask.bias)  # [N, C, 1, 1]
+        else:
+            context = nn.functional.adaptive_avg_pool2d(x, 1)  # [N, C, 1, 1]
         out = x  # [N, C, H, W]
         if self.channel_mul_conv is not None:
-            mul_term = torch.sigmoid(self.channel_mul_conv(context))  # [N, C, 1, 1]
-            out = out * mul_term  # [N, C, H, W]
+            out = out * torch.sigmoid(self.channel_mul_conv(context))  # [N, C, H, W]
         if self.channel_add_conv is not None:
-            add_term = self.channel_add_conv(context)  # [N, C, 1, 1]
-            # out + add_term (+ identity, ReLU) in one pass: [N, C, H, W]
-            return ops.channel_add(out, add_term, residual=identity, relu=relu, impl=impl)
+            out = out + self.channel_add_conv(context)  # [N, C, H, W]
         if identity is not None:
-            out = out + identity  # [N, C, H, W]
-        return torch.relu(out) if relu else out
-
-    def _pool(self, x: Tensor, impl: str) -> Tensor:
-        """Context modelling: x [N, C, H, W] -> context [N, C, 1, 1]."""
-        if self.pooling_type == "avg":
-            return nn.functional.adaptive_avg_pool2d(x, 1)  # [N, C, 1, 1]
-        if self._attention_sink is not None:
-            return self._pool_and_capture(x)
-        return ops.gc_context(x, self.conv_mask.weight, self.conv_mask.bias, impl)  # [N, C, 1, 1]
-
-    def _pool_and_capture(self, x: Tensor) -> Tensor:
-        """Reference attention pooling that also stores the softmax map [N, 1, H, W] (detached)."""
-        n, c, h, w = x.shape
-        attn = gc_attention(x, self.conv_mask.weight, self.conv_mask.bias)  # [N, 1, H, W]
-        sink, name = self._attention_sink
-        sink[name] = attn.detach()
-        context = torch.matmul(x.view(n, 1, c, h * w), attn.view(n, 1, h * w, 1))  # [N, 1, C, 1]
-        return context.view(n, c, 1, 1)  # [N, C, 1, 1]
+            out = torch.relu(out + identity)  # [N, C, H, W]
+        return out

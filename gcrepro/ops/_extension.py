@@ -48,13 +48,19 @@ def _load() -> ExtensionState:
 STATE = _load()
 
 
+def unavailable_reason(device_type: str) -> str:
+    """Why the compiled op cannot run on `device_type` (when fused_available says it cannot)."""
+    if device_type == "cuda":
+        return STATE.cuda_reason or "no CUDA device is available"
+    if device_type == "cpu":
+        return STATE.cpu_reason or "it did not load"
+    return f"the compiled op has kernels for cpu and cuda only, not {device_type}"
+
+
 def build_error(device_type: str) -> RuntimeError:
-    """The error for impl="fused" when the op is not built for `device_type`."""
-    reason = STATE.cuda_reason if device_type == "cuda" else STATE.cpu_reason
-    if device_type not in ("cpu", "cuda"):
-        reason = f"the fused GC op has kernels for cpu and cuda only, not {device_type}"
+    """The error for impl="fused" when the op cannot run on `device_type`."""
     return RuntimeError(
-        f"gcrepro: impl='fused' needs the compiled GC op for {device_type}, but {reason}. "
+        f"gcrepro: impl='fused' needs the compiled GC op for {device_type}, but {unavailable_reason(device_type)}. "
         f"Build it from the repository root with `{BUILD_COMMAND}` "
         "(CUDA kernels need a CUDA toolkit: CUDA_HOME or nvcc on PATH), or use impl='auto'/'reference'."
     )

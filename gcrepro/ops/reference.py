@@ -16,7 +16,7 @@ def gc_context_reference(x: Tensor, mask_weight: Tensor, mask_bias: Tensor | Non
     """Context [N, C, 1, 1] = sum_j softmax_j * x[:, :, j]."""
     n, c, h, w = x.shape
     attn = gc_attention(x, mask_weight, mask_bias).view(n, 1, h * w, 1)  # [N, 1, HW, 1]
-    context = torch.matmul(x.view(n, 1, c, h * w), attn)  # [N, 1, C, 1]
+    context = torch.matmul(x.reshape(n, 1, c, h * w), attn)  # [N, 1, C, 1] (reshape: x may be a strided view)
     return context.view(n, c, 1, 1)
 
 
