@@ -19,7 +19,7 @@ namespace {
 constexpr int64_t kChunkBytes = 128 * 1024;
 // ...except that for NCHW a chunk is C rows of `chunk` positions, H*W apart: rows shorter than
 // 4 KiB defeat the hardware prefetcher (and touch a page per row), which costs more than
-// re-reading a larger chunk from L3 (measured on c4/c5 shapes: 1.5-4x faster).
+// re-reading a larger chunk from L3 (benchmarks/RESULTS.md, 2026-11-30).
 constexpr int64_t kMinRowBytesNCHW = 4096;
 // Below this many elements of x the op runs on the calling thread: waking the thread pool
 // costs more than it saves (and gradcheck calls the op thousands of times on tiny inputs).

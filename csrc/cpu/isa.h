@@ -1,7 +1,7 @@
 // The CPU kernels are compiled twice, for two vector instruction sets, and picked at run time:
 //   baseline  what the compiler targets by default (x86-64: SSE2), runs everywhere;
-//   avx2      AVX2 + FMA + F16C (x86-64 CPUs since 2013-2015), 1.5-1.7x faster on the
-//             compute-bound context op (benchmarks/RESULTS.md).
+//   avx2      AVX2 + FMA + F16C (x86-64 CPUs since 2013-2015), faster on the compute-bound
+//             context op (benchmarks/RESULTS.md).
 // kernels_baseline.cpp and kernels_avx2.cpp include context_kernels.h and add_kernels.h inside
 // namespace gcrepro::cpu::<isa>; gc_ops_cpu.cpp registers one CPU kernel per op that calls the
 // variant cpu_isa() chose. GCREPRO_CPU_ISA=baseline (read once, at the first call) forces the
