@@ -119,8 +119,9 @@ class ShapeCase:
     def __init__(self, shape, device, dtype, layout: str) -> None:
         gen = torch.Generator(device="cpu").manual_seed(0)
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        make = lambda: torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt)  # noqa: E731
-        self.x, self.residual, self.grad = make(), make(), make()
+        self.x, self.residual, self.grad = (
+            torch.randn(shape, generator=gen).to(device=device, dtype=dtype).contiguous(memory_format=fmt) for _ in range(3)
+        )
         self.block = make_block(shape[1], device, dtype)
         self.leaves = [self.x, self.residual, *self.block.parameters()]
 
@@ -180,8 +181,8 @@ def print_table(rows) -> None:
     print("-" * len(header))
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
-        print(f"{r['shapes']:<6} {shape:<16} {r['op']:<15} {r['mode']:<8} {r['reference_ms']:9.3f} {r['fused_ms']:9.3f} "
-              f"{r['speedup']:7.2f}x {r['floor_ms']:9.3f} {r['fused_over_floor']:10.2f}x")
+        print(f"{r['shapes']:<6} {shape:<16} {r['op']:<15} {r['mode']:<8} {r['reference_ms']:9.3f} "
+              f"{r['fused_ms']:9.3f} {r['speedup']:7.2f}x {r['floor_ms']:9.3f} {r['fused_over_floor']:10.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
 
     if device.type == "cpu":
-        targets = {f"fused >= 2x faster than reference ({s} shapes)": all(r["speedup"] >= 2 for r in rows if r["shapes"] == s)
-                   for s in shape_sets}
+        targets = {
+            f"fused >= 2x faster than reference ({s} shapes)": all(r["speedup"] >= 2 for r in rows if r["shapes"] == s)
+            for s in shape_sets
+        }
     else:
         fwd = [r for r in rows if r["mode"] == "fwd" and r["shapes"] == "paper"]
         bwd = [r for r in rows if r["mode"] == "fwd+bwd" and r["shapes"] == "paper"]

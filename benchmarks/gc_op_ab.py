@@ -63,8 +63,8 @@ class Side:
     def __init__(self, name: str, root: Path, env: dict[str, str], threads: int) -> None:
         self.name = name
         child_env = os.environ | env | {"PYTHONPATH": str(root)}
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads)],
-                                     env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = json.loads(self.proc.stdout.readline())
         self.info["env"] = env
 

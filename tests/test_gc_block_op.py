@@ -67,7 +67,8 @@ def _compare(shape, dtype, device, layout, residual, seed=0):
     out_f, grads_f = _run(fused, cast(x), cast(identity), residual, cast(grad))
     # the oracle: the reference block in fp64 on the CPU, from the same rounded inputs and weights
     ref64 = ref.to("cpu", torch.float64)
-    out_r, grads_r = _run(ref64, cast(x).double().cpu(), cast(identity).double().cpu(), residual, cast(grad).double().cpu())
+    as64 = lambda t: cast(t).double().cpu()  # noqa: E731
+    out_r, grads_r = _run(ref64, as64(x), as64(identity), residual, as64(grad))
     assert (err := _rel_err(out_f, out_r)) <= TOL[dtype], f"out: {err:.3g} of its largest value"
     assert set(grads_f) == set(grads_r)
     for name, want in grads_r.items():
@@ -103,7 +104,9 @@ def test_fused_block_low_precision(dtype, layout):
 def _op_args(seed: int, dtype=torch.float64, mask_bias=True, residual=True, requires_grad=False):
     """Arguments of torch.ops.gcrepro.gc_block for C=8, P=2 on a 2x8x3x4 input (relu last, False)."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)  # noqa: E731
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+
     return [r(2, 8, 3, 4), r(1, 8, 1, 1), r(1) if mask_bias else None, r(2, 8, 1, 1), r(2), r(2, 1, 1), r(2, 1, 1),
             1e-5, r(8, 2, 1, 1), r(8), r(2, 8, 3, 4) if residual else None, False]
 

@@ -97,7 +97,8 @@ def _check_kernels(shape, dtype, device, layout, seed=0, logit_scale=1.0):
     _close(grad_w, w64.grad, dtype, "grad_w")
     for res, relu in ((None, False), (residual, True)):
         out = gcrepro_ops.gc_add(x, term, res, relu)
-        want = channel_add_reference(x.double().cpu(), term.double().cpu(), None if res is None else res.double().cpu(), relu)
+        res64 = None if res is None else res.double().cpu()
+        want = channel_add_reference(x.double().cpu(), term.double().cpu(), res64, relu)
         _close(out, want, dtype, f"gc_add (residual {res is not None}, relu {relu})")
     if layout == "channels_last" and shape[2] * shape[3] > 1 and shape[1] > 1:
         assert out.is_contiguous(memory_format=torch.channels_last), "out lost channels_last"

@@ -12,8 +12,9 @@ and two more reads of an N*C*H*W tensor.
 
 Registered with torch.library (custom_op, register_fake, register_autograd): with no input
 requiring grad it runs without an autograd node and saves nothing; torch.compile traces it
-through the fake kernel. Forward-mode AD raises (custom_op alone would drop the tangents). Besides ``out`` it returns what its backward needs (the context, its
-log-sum-exp, T's hidden values): non-differentiable, like native_layer_norm's mean and rstd.
+through the fake kernel; forward-mode AD raises (custom_op alone would drop the tangents).
+Besides ``out`` it returns what its backward needs (the context, its log-sum-exp, T's hidden
+values): non-differentiable, like native_layer_norm's mean and rstd.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def gc_block(
     with _autocast_off(x.device.type):
         context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C], [N]
         h = torch.addmm(_as(b1, acc), _as(context, acc), _as(w1.reshape(p, c), acc).t())  # [N, P]
-        hn, mean, rstd = torch.native_layer_norm(h, [p], _as(ln_w.reshape(p), acc), _as(ln_b.reshape(p), acc), ln_eps)
+        ln_wb = _as(ln_w.reshape(p), acc), _as(ln_b.reshape(p), acc)
+        hn, mean, rstd = torch.native_layer_norm(h, [p], *ln_wb, ln_eps)  # [N, P], [N, 1], [N, 1]
         a = torch.relu(hn)  # [N, P]
         term = torch.addmm(_as(b2, acc), a, _as(w2.reshape(c, p), acc).t())  # [N, C]
         out = ops.gc_add(x, term, residual, relu)  # [N, C, H, W]
