@@ -23,7 +23,8 @@ import torch
 from gcrepro.atomic import write_json_atomic
 from gcrepro.entries import get_entry
 from gcrepro.modeling.backbone import build_resnet, gc_parameter_count
-from gcrepro.modeling.build import PROFILES, build_model
+from gcrepro.modeling.build import build_model
+from gcrepro.profiles import PROFILES
 
 # SPEC §1: added parameters of GC c3-c5, in millions
 SPEC_GC_PARAMS_M = {("R50", "r16"): 2.52, ("R50", "r4"): 10.0, ("R101", "r16"): 4.79, ("R101", "r4"): 18.96}
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print_parameters(params)
     print_steps(steps)
     result = dict(
-        parameters_paper_width=params, toy_train_steps=steps, toy_profile=PROFILES["toy"].changes(),
+        parameters_paper_width=params, toy_train_steps=steps, toy_profile=dict(PROFILES["toy"].overrides),
         threads=torch.get_num_threads(), load_average_before=load_before, load_average_after=os.getloadavg(),
         hardware=dict(machine=platform.machine(), processor=platform.processor(), cpus=os.cpu_count()),
         versions=dict(torch=torch.__version__, python=platform.python_version()),

@@ -12,7 +12,6 @@ recorded because other processes on a shared machine change the numbers a lot.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from gcrepro.atomic import write_json_atomic
+from gcrepro.run_metrics import read_metrics
 
 
 def bench_row(row: int, *, iters: int, threads: int, work_dir: Path) -> dict:
@@ -32,19 +32,19 @@ def bench_row(row: int, *, iters: int, threads: int, work_dir: Path) -> dict:
     start = time.perf_counter()
     train(row, work_dir=work_dir, overrides=overrides)
     wall = time.perf_counter() - start
-    metrics = json.loads((work_dir / "metrics.json").read_text())
-    s_per_iter = metrics["train_s_per_iter"]
-    batch = metrics["config"]["total_batch"]
+    metrics = read_metrics(work_dir)
+    s_per_iter = metrics.train_s_per_iter
+    batch = metrics.train["total_batch"]
     return {
         "row": row,
         "entry": get_entry(row).name,
-        "iterations": metrics["iterations"],
+        "iterations": metrics.iterations,
         "total_batch": batch,
         "s_per_iter": s_per_iter,
         "images_per_s": batch / s_per_iter,
         "wall_s_incl_setup": wall,
-        "peak_rss_gb": metrics["mem_gb"],
-        "toy_epoch_iters": metrics["config"]["iters_per_epoch"],
+        "peak_rss_gb": metrics.mem_gb,
+        "toy_epoch_iters": metrics.train["iters_per_epoch"],
     }
 
 

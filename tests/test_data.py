@@ -1,4 +1,4 @@
-"""Data: toy generator, COCO dataset, flips, samplers, loaders, bad data, resolve_data."""
+"""Data: toy generator, COCO dataset, flips, samplers, loaders, bad data, describe_data."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +14,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from gcrepro.data import CocoInstances, DataError, build_loader, ensure_toy, make_toy_dataset, resolve_data, set_epoch
-from gcrepro.data import resolve as resolve_module
+from gcrepro.data import CocoInstances, DataError, build_loader, describe_data, ensure_toy, make_toy_dataset, set_epoch
+from gcrepro.data import toy as toy_module
 from gcrepro.data.sampler import GroupedBatchSampler, ShardSampler, aspect_groups
 from gcrepro.data.toy import CATEGORIES, MANIFEST_NAME, read_manifest
 from gcrepro.data.transforms import flip_decision
@@ -358,22 +358,29 @@ def test_missing_annotation_file_and_bad_structure(tmp_path):
         CocoInstances(tmp_path, "train")
 
 
-# --- resolve_data ------------------------------------------------------------------------------
+# --- describe_data -----------------------------------------------------------------------------
 
 
-def test_resolve_data(toy, tmp_path, monkeypatch):
+def test_describe_data(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("GCREPRO_DATA", str(tmp_path / "data"))
-    monkeypatch.setattr(resolve_module, "ensure_toy", functools.partial(ensure_toy, num_train=3, num_val=2))
-    root, kind = resolve_data(None)
-    assert (root, kind) == (tmp_path / "data" / "toy", "toy") and read_manifest(root) is not None
-    assert resolve_data(toy) == (toy, "toy")
+    monkeypatch.setattr(toy_module, "ensure_toy", functools.partial(ensure_toy, num_train=3, num_val=2))
+    made = describe_data(None)
+    assert (Path(made.root), made.kind, made.val_images) == (tmp_path / "data" / "toy", "toy", 2)
+    assert read_manifest(made.root) is not None
+    spec = describe_data(toy)
+    assert (spec.root, spec.kind, spec.num_classes) == (str(toy), "toy", len(CATEGORIES) + 1)
     coco = tmp_path / "coco"
     shutil.copytree(toy, coco)
     (coco / MANIFEST_NAME).unlink()
-    assert resolve_data(str(coco)) == (coco, "coco")
-    (coco / "annotations" / "instances_val2017.json").unlink()
-    assert resolve_data(coco, splits=("train",)) == (coco, "coco")
-    with pytest.raises(DataError, match="instances_val2017.json"):
-        resolve_data(coco)
+    # The COCO 2017 layout alone does not make a dataset COCO: these are other categories and images.
+    custom = describe_data(str(coco))
+    assert (custom.kind, custom.name, custom.val_sha256) == ("custom", "coco", spec.val_sha256)
+    (coco / "annotations" / "instances_train2017.json").unlink()
+    assert describe_data(coco, splits=("val",)).kind == "custom"
+    with pytest.raises(DataError, match="instances_train2017.json"):
+        describe_data(coco)
     with pytest.raises(DataError, match="data folder not found"):
-        resolve_data(tmp_path / "nowhere")
+        describe_data(tmp_path / "nowhere")
+    (coco / "annotations" / "instances_val2017.json").write_text('{"images": [], "categories": []}')
+    with pytest.raises(DataError, match="'categories' is empty"):
+        describe_data(coco, splits=("val",))

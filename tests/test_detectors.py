@@ -1,7 +1,6 @@
 """Detectors: row 1 equals torchvision's Mask R-CNN, all 30 rows train, cascade semantics, configs."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ from torchvision.ops import boxes as box_ops
 
 import gcrepro
 from gcrepro.entries import list_entries
-from gcrepro.modeling.build import (
-    FIELD_NAMES, PROFILES, TORCHVISION_CONVENTIONS, ModelConfig, build_model, model_config,
-)
+from gcrepro.engine.config import ConfigError
+from gcrepro.modeling.build import FIELD_NAMES, TORCHVISION_CONVENTIONS, ModelConfig, build_model, model_config
+from gcrepro.profiles import PROFILES
 from gcrepro.modeling.cascade import CascadeRoIHeads
 from gcrepro.modeling.context_block import ContextBlock
 from gcrepro.modeling.heads import UpstreamRegionProposalNetwork
@@ -192,7 +191,8 @@ def test_every_row_builds_and_trains_in_toy_profile(row: int) -> None:
     entry = gcrepro.get_entry(row)
     torch.manual_seed(0)
     model = build_model(row, profile="toy", num_classes=5, **FAST)
-    assert model.gcrepro_entry == entry and model.gcrepro_config.base_width == PROFILES["toy"].base_width
+    assert model.gcrepro_config == model_config(row, profile="toy", num_classes=5, **FAST)
+    assert model.gcrepro_config.base_width == PROFILES["toy"].overrides["base_width"]
     images, targets = _images_and_targets()
     model.train()
     losses = model(images, targets)
@@ -235,11 +235,14 @@ def test_context_block_count_r101_and_paper_widths() -> None:
     model = build_model("mask_rcnn_r101_fpn_gc_r4_1x", profile="toy")
     blocks = [m for m in model.backbone.body.modules() if isinstance(m, ContextBlock)]
     assert len(blocks) == 30  # R101 c3-c5: 4 + 23 + 3
-    # toy (from scratch): residual branches of the trainable stages start at zero; frozen layer1 untouched
+    # toy (from scratch, nothing frozen): every residual branch starts at zero
     body = model.backbone.body
-    assert all(torch.count_nonzero(b.bn3.weight) == 0 for layer in (body.layer2, body.layer3, body.layer4)
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 for layer in (body.layer1, body.layer2, body.layer3, body.layer4)
                for b in layer)
-    assert all(torch.all(b.bn3.weight == 1) for b in body.layer1)
+    # with a frozen stage (the paper's frozen_stages=1), the frozen layer1 is left as initialised
+    frozen = build_model("mask_rcnn_r101_fpn_gc_r4_1x", profile="toy", frozen_stages=1).backbone.body
+    assert all(torch.all(b.bn3.weight == 1) for b in frozen.layer1)
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 for b in frozen.layer2)
     paper = model_config("mask_rcnn_r101_fpn_gc_r4_1x")
     assert paper.gc_ratio == 0.25 and paper.stage_with_gcb == (False, True, True, True)
     assert (paper.min_size, paper.max_size, paper.base_width, paper.fpn_channels) == (800, 1333, 64, 256)
@@ -381,21 +384,19 @@ def test_overrides_and_errors() -> None:
     cfg = model_config(8, profile="toy", box_score_thresh=0.0, anchor_ratios=[0.5, 1.0, 2.0])
     assert cfg.box_score_thresh == 0.0 and cfg.anchor_ratios == (0.5, 1.0, 2.0) and cfg.norm == "syncbn"
     assert cfg.gc_ratio == 1 / 16 and cfg.stage_with_gcb == (False, True, True, True)
-    with pytest.raises(ValueError, match=r"unknown model override.*box_score_thres\b.*allowed keys.*box_score_thresh"):
+    with pytest.raises(ConfigError, match=r"model override box_score_thres: unknown key.*allowed keys.*box_score_thresh"):
         build_model(1, box_score_thres=0.1)
-    with pytest.raises(ValueError, match=r"head='3fc'"):
+    with pytest.raises(ConfigError, match=r"model override max_iters: a training field"):
+        build_model(1, max_iters=3)
+    with pytest.raises(ConfigError, match=r"head='3fc'"):
         model_config(1, head="3fc")
-    with pytest.raises(ValueError, match="unknown profile 'tiny'"):
+    with pytest.raises(ConfigError, match="profile 'tiny'"):
         build_model(1, profile="tiny")
-    changes = PROFILES["toy"].changes()
-    assert changes["min_size"] == {"paper": 800, "profile": 160} and changes["base_width"]["profile"] == 16
-    assert PROFILES["paper"].changes() == {}
-    assert changes["zero_init_residual"] == {"paper": False, "profile": True}
+    toy = model_config(1, profile="toy")
+    assert (toy.min_size, toy.base_width, toy.zero_init_residual) == (160, 16, True)
+    assert model_config(1) == ModelConfig(**{**PROFILES["paper"].overrides})  # row 1 at paper scale = the defaults
     assert model_config(13).head_norm == "syncbn" and model_config(13).head == "4conv1fc"
     assert model_config(28).stage_with_dcn == (False, True, True, True) and model_config(28).cascade
-    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # JSON round trip (tuples kept)
-    with pytest.raises(ValueError, match="unknown ModelConfig key"):
-        ModelConfig.from_dict({**cfg.to_dict(), "fpn_width": 64})
     with pytest.raises(ValueError, match="needs the paper's backbone width"):
         build_model(1, profile="toy", pretrained_backbone="IMAGENET1K_V1")
 

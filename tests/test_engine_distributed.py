@@ -112,13 +112,12 @@ def test_two_processes_one_image_equal_one_process_two_images(tmp_path: Path) ->
 
 def api_initial_weights(data: Path) -> dict[str, torch.Tensor]:
     """The weights both runs started from (same seed, same model build)."""
-    from gcrepro.engine.config import make_config
-    from gcrepro.modeling.build import build_model
+    from gcrepro.modeling.build import build_detector
+    from gcrepro.runspec import resolve_run
 
-    cfg = make_config(entry="mask_rcnn_r50_fpn_1x", epochs=12, lr_steps=(8, 11), profile="toy", data=str(data),
-                      data_kind="coco", overrides=EXACT_OVERRIDES)
-    api._seed_everything(cfg.seed)
-    return build_model(1, num_classes=3, profile="toy", **cfg.model).state_dict()
+    spec = resolve_run("mask_rcnn_r50_fpn_1x", data=data, profile="toy", overrides=EXACT_OVERRIDES)
+    api._seed_everything(spec.train.seed)
+    return build_detector(spec.model).state_dict()
 
 
 def test_syncbn_row_trains_on_two_cpu_processes(tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ box AP 12.9 and 14.0.)
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from gcrepro.run_metrics import read_metrics
 
 MEASURED = {1: 5.5, 2: 5.2}  # box AP (percent) after 1 toy epoch, seed 0
 BOX_AP_THRESHOLD = 2.0
@@ -44,9 +45,9 @@ def test_toy_rows_1_and_2_learn(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, f"row {row} failed: {err.decode()[-3000:]}"
     for row in (1, 2):
-        metrics = json.loads((tmp_path / f"row{row}" / "metrics.json").read_text())
-        assert metrics["data"] == "toy" and metrics["profile"] == "toy"
-        assert metrics["iterations"] == 248
-        box_ap = metrics["bbox"]["AP"]
+        metrics = read_metrics(tmp_path / f"row{row}")
+        assert metrics.label == "toy" and metrics.profile == "toy"
+        assert metrics.iterations == 248
+        box_ap = metrics.box_ap
         assert box_ap > BOX_AP_THRESHOLD, f"row {row}: box AP {box_ap:.1f} (measured {MEASURED[row]})"
-        assert metrics["segm"]["AP"] > BOX_AP_THRESHOLD, f"row {row}: mask AP {metrics['segm']['AP']:.1f}"
+        assert metrics.mask_ap > BOX_AP_THRESHOLD, f"row {row}: mask AP {metrics.mask_ap:.1f}"

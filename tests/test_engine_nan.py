@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from gcrepro.engine import checkpoint as ckpt
-from gcrepro.engine.config import TrainConfig
 from gcrepro.engine.epoch_data import EpochBatches
 from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer
 from gcrepro.engine.trainer import Checkpointer, MetricsLogger, NonFiniteLossError, Trainer
+from gcrepro.runspec import resolve_run
 
 
 class TwoTermModel(nn.Module):
@@ -47,12 +47,14 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _trainer(model: nn.Module, loader, work_dir: Path) -> Trainer:
-    cfg = TrainConfig(checkpoint_interval=1, log_interval=1, warmup_iters=0, max_iters=10)
+    spec = resolve_run(1, data=loader.dataset.root, overrides={
+        "checkpoint_interval": 1, "log_interval": 1, "warmup_iters": 0, "max_iters": 10})
+    cfg = spec.train
     optimizer = build_optimizer(model, lr=0.1, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     schedule = WarmupStepSchedule(optimizer, base_lr=0.1, warmup_iters=0, warmup_ratio=1 / 3, milestones=(), gamma=0.1)
     return Trainer(
-        model=model, optimizer=optimizer, schedule=schedule, data=EpochBatches(loader, seed=0), cfg=cfg,
-        device=torch.device("cpu"), work_dir=work_dir, max_iter=10,
+        model=model, optimizer=optimizer, schedule=schedule, data=EpochBatches(loader, seed=0), spec=spec,
+        device=torch.device("cpu"), max_iter=10,
         hooks=[MetricsLogger(work_dir / "metrics.jsonl", interval=1), Checkpointer(work_dir, interval=1, keep=0)],
     )
 

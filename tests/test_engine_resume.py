@@ -48,7 +48,7 @@ def _assert_all_checkpoints_complete(work_dir: Path) -> list[Path]:
     files = sorted(ckpt.checkpoint_dir(work_dir).glob("*.pth"))
     for f in files:
         state = ckpt.load_checkpoint(f)
-        assert {"model", "optimizer", "scheduler", "iteration", "rng", "config"} <= set(state), f
+        assert {"model", "optimizer", "scheduler", "iteration", "rng", "spec"} <= set(state), f
     return files
 
 
@@ -105,7 +105,7 @@ def test_failed_write_leaves_no_partial_file_and_keeps_latest(tmp_path: Path, mo
 
 
 def test_checkpoint_round_trip_with_safe_loader(tmp_path: Path) -> None:
-    """RNG states and config survive torch.load(weights_only=True) and restore the streams."""
+    """RNG states and a run spec survive torch.load(weights_only=True) and restore the streams."""
     import random
 
     import numpy as np
@@ -113,7 +113,7 @@ def test_checkpoint_round_trip_with_safe_loader(tmp_path: Path) -> None:
     torch.manual_seed(5)
     random.seed(5)
     np.random.seed(5)
-    state = {"rng": [ckpt.capture_rng_state()], "config": {"lr_steps": [8, 11], "amp": "none", "x": None}}
+    state = {"rng": [ckpt.capture_rng_state()], "spec": {"train": {"lr_steps": [8, 11], "amp": "none"}, "x": None}}
     expected = (torch.rand(3), random.random(), np.random.rand())
     path = ckpt.save_checkpoint(tmp_path, state, iteration=7)
     loaded = ckpt.load_checkpoint(path)  # weights_only=True inside
@@ -121,5 +121,5 @@ def test_checkpoint_round_trip_with_safe_loader(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1]
     assert np.random.rand() == expected[2]
-    assert loaded["config"] == state["config"]
+    assert loaded["spec"] == state["spec"]
     assert ckpt.latest_checkpoint(tmp_path) == ckpt.checkpoint_dir(tmp_path) / "latest.pth"

@@ -19,10 +19,10 @@ from PIL import Image
 
 from gcrepro.analysis import notebook_params as nbp
 from gcrepro.analysis import run_status
+from gcrepro.run_metrics import COCO_KEYS, read_metrics
 
 GC_ENTRY = "mask_rcnn_r50_fpn_gc_r16_1x"  # row 2: 13 GC blocks (c3: 4, c4: 6, c5: 3)
 BASELINE = "mask_rcnn_r50_fpn_1x"  # row 1: no GC blocks
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 TINY_TRAINING = {  # overrides for gcrepro.train: 2 iterations, every one logged and timed
     "overrides.max_iters": "2", "overrides.log_interval": "1", "overrides.warmup_iters": "1",
     "overrides.num_workers": "0", "overrides.timing_skip_iters": "0",
@@ -48,7 +48,7 @@ def tiny_toy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def table_runs(tiny_toy: Path, tmp_path_factory) -> tuple[Path, int]:
-    from gcrepro.analysis.cli import table_run
+    from gcrepro.analysis.table_runner import table_run
 
     runs = tmp_path_factory.mktemp("runs")
     sets = [(k, v) for k, v in TINY_TRAINING.items()] + [("num_images", "1")]
@@ -72,7 +72,8 @@ def test_committed_notebooks_are_clean() -> None:
         assert params, name
         for p in params.values():
             assert p.help.strip(), f"{name}.ipynb parameter {p.name} has no help comment"
-    assert {"entry", "data", "work_dir", "profile", "gpus", "overrides"} <= set(nbp.declared_params(folder / "train.ipynb"))
+    assert {"entry", "data", "work_dir", "profile", "gpus", "overrides", "spec"} <= set(
+        nbp.declared_params(folder / "train.ipynb"))
 
 
 def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) -> None:
@@ -98,17 +99,19 @@ def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) 
     assert all(math.isfinite(r["loss"]) for r in log)
     assert_png_not_blank(run / "loss_curve.png")
 
-    # evaluate.ipynb: metrics.json with the 12 COCO numbers per task, labelled toy.
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["entry"] == GC_ENTRY and metrics["data"] == "toy" and metrics["iterations"] == 2
-    for task in ("bbox", "segm"):
-        assert set(COCO_KEYS) <= set(metrics[task])
-        assert all(v is None or 0.0 <= v <= 100.0 for v in metrics[task].values())
-    assert metrics["train_s_per_iter"] > 0 and metrics["mem_gb"] > 0
-    assert "inf_fps" in metrics  # None here: 2 val images are all inside the engine's 5 warm-up images
+    # evaluate.ipynb: metrics.json with the 12 COCO numbers per task, labelled toy, and the run spec
+    # train.ipynb received from the runner (the same the checkpoint records).
+    metrics = read_metrics(run)
+    assert metrics.entry == GC_ENTRY and metrics.label == "toy" and metrics.iterations == 2
+    assert metrics.spec is not None and metrics.spec.train.max_iters == 2 and metrics.spec.profile == "toy"
+    assert metrics.spec.to_dict() == run_status.read_params(run)["notebooks"]["train"]["spec"]
+    for numbers in (metrics.bbox, metrics.segm):
+        assert all(v is None or 0.0 <= v <= 100.0 for v in numbers.values())
+    assert metrics.train_s_per_iter > 0 and metrics.mem_gb > 0
+    assert metrics.inf_fps is None  # 2 val images are all inside the engine's 5 warm-up images
     coco = pd.read_csv(run / "coco_table.csv", index_col=0)
     assert list(coco.index) == ["bbox", "segm"] and list(coco.columns) == list(COCO_KEYS)
-    assert coco.loc["bbox", "AP"] == pytest.approx(metrics["bbox"]["AP"], abs=0.01)
+    assert coco.loc["bbox", "AP"] == pytest.approx(metrics.box_ap, abs=0.01)
 
     # attention.ipynb: one grid (13 GC blocks) and one non-local panel for the one image.
     summary = json.loads((run / "attention" / "summary.json").read_text())
@@ -121,7 +124,7 @@ def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) 
     for png in pngs:
         assert_png_not_blank(png)
     sim = next(iter(summary["nonlocal_query_similarity"].values()))
-    assert -1.0 <= sim <= 1.0 + 1e-6
+    assert abs(sim) <= 1.0 + 1e-9  # a cosine (computed in float64)
 
     # report.ipynb: one row per entry, toy-labelled, ours = metrics.json, no Δ to COCO numbers.
     assert (runs / "report.ipynb").is_file() and (runs / "report.html").is_file()
@@ -129,17 +132,17 @@ def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) 
     assert list(report["entry"]) == [GC_ENTRY]
     row = report.iloc[0]
     assert row["data"] == "toy" and row["state"] == "done" and row["row"] == 2
-    assert row["box_ap"] == pytest.approx(metrics["bbox"]["AP"], abs=1e-3)
+    assert row["box_ap"] == pytest.approx(metrics.box_ap, abs=1e-3)
     assert row["paper_box_ap"] == 38.5 and row["paper_mask_ap"] == 35.1
     assert math.isnan(row["delta_box_ap"]) and math.isnan(row["delta_mask_ap"])
     assert row["paper_gc_gain_box_ap"] == pytest.approx(38.5 - 37.3)
     assert math.isnan(row["gc_gain_box_ap"])  # our baseline (row 1) was not run
     html = (runs / "report.html").read_text()
-    assert "TOY" in html and "toy-val AP, NOT COCO AP" in html
+    assert "toy: not COCO numbers" in html and "NOT COCO numbers" in html
 
 
 def test_rerun_skips_the_completed_entry(table_runs: tuple[Path, int], tiny_toy: Path, capsys) -> None:
-    from gcrepro.analysis.cli import table_run
+    from gcrepro.analysis.table_runner import table_run
 
     runs, _ = table_runs
     before = run_status.read_status(runs / GC_ENTRY)

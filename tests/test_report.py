@@ -1,4 +1,4 @@
-"""The table report: joins runs with the paper's table, Δ and GC gains, toy labelling, files written."""
+"""The table report: joins runs with the paper's table, Δ and GC gains, labels, escaping, files written."""
 from __future__ import annotations
 
 import json
@@ -11,16 +11,35 @@ import pytest
 import gcrepro
 from gcrepro.analysis import curves, report, run_status
 from gcrepro.analysis.notebook_support import coco_table
+from gcrepro.data.identity import COCO_VAL2017_IDS_SHA256, DataSpec
+from gcrepro.run_metrics import COCO_KEYS, read_metrics, write_eval_metrics, write_train_metrics
+from gcrepro.runspec import resolve_run
+
+DATA = {
+    "toy": DataSpec(root="/d/toy", kind="toy", name="toy", num_classes=6, val_images=64, val_ids_sha256="t",
+                    val_sha256="toy-val"),
+    "coco": DataSpec(root="/d/coco", kind="coco", name="coco", num_classes=81, val_images=5000,
+                     val_ids_sha256=COCO_VAL2017_IDS_SHA256, val_sha256="coco-val"),
+    "custom": DataSpec(root="/d/shapes200", kind="custom", name="shapes200", num_classes=6, val_images=40,
+                       val_ids_sha256="c", val_sha256="custom-val"),
+}
 
 
-def _run(runs: Path, entry: str, *, box: float | None, mask: float | None, data: str = "toy", state: str = "done") -> None:
-    folder = runs / entry
-    run_status.write_status(folder, {"entry": entry, "state": state})
+def _coco(ap: float) -> dict:
+    return {k: (ap if k == "AP" else 1.0) for k in COCO_KEYS}
+
+
+def _run(runs: Path, entry: str, *, box: float | None, mask: float | None, data: str = "toy", profile: str | None = None,
+         state: str = "done", folder: str | None = None) -> Path:
+    run_dir = runs / (folder or entry)
+    run_status.write_status(run_dir, {"entry": entry, "state": state})
     if box is not None:
-        metrics = {"entry": entry, "data": data, "bbox": {"AP": box}, "segm": {"AP": mask}, "mem_gb": 1.5,
-                   "mem_kind": "cpu_peak_rss", "train_s_per_iter": 0.25, "inf_fps": 4.0,
-                   "hardware": {"device": "cpu", "world_size": 1, "cpu": "Test CPU", "cpu_count": 2}}
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        spec = resolve_run(entry, data=DATA[data], profile=profile)
+        write_train_metrics(run_dir, spec, iterations=10, mem_gb=1.5, mem_kind="cpu_peak_rss", train_s_per_iter=0.25,
+                            train_images_per_s=8.0, train={}, provenance={
+                                "hardware": {"device": "cpu", "world_size": 1, "cpu": "Test CPU", "cpu_count": 2}})
+        write_eval_metrics(run_dir, spec, eval_data=DATA[data], bbox=_coco(box), segm=_coco(mask), inf_fps=4.0, eval={})
+    return run_dir
 
 
 def test_report_rows_deltas_gains_and_toy_labels(tmp_path: Path) -> None:
@@ -28,7 +47,7 @@ def test_report_rows_deltas_gains_and_toy_labels(tmp_path: Path) -> None:
     _run(tmp_path, e[1].name, box=20.0, mask=18.0)  # toy baseline of rows 1-3
     _run(tmp_path, e[2].name, box=23.5, mask=19.0)  # toy GC r16
     _run(tmp_path, e[3].name, box=None, mask=None, state="failed")  # failed before evaluation
-    _run(tmp_path, e[7].name, box=36.2, mask=33.0, data="coco")  # COCO baseline of rows 7-9
+    _run(tmp_path, e[7].name, box=36.2, mask=33.0, data="coco")  # COCO baseline of rows 7-9 (paper profile)
     _run(tmp_path, e[8].name, box=39.9, mask=36.0, data="coco")  # COCO GC r16
     _run(tmp_path, e[9].name, box=30.0, mask=28.0, data="toy")  # toy run in a COCO-baseline group
     (tmp_path / "not_a_run").mkdir()
@@ -62,33 +81,72 @@ def test_report_rows_deltas_gains_and_toy_labels(tmp_path: Path) -> None:
     assert list(csv["entry"]) == list(frame["entry"]) and list(csv["data"].fillna("")) == list(frame["data"])
     assert csv.loc[csv["row"] == 8, "delta_box_ap"].item() == pytest.approx(39.9 - e[8].paper_box_ap, abs=1e-3)
     html = html_path.read_text()
-    assert "synthetic TOY dataset" in html and "NOT COCO AP" in html
-    assert "23.5 toy" in html and "3.5 toy" in html
+    assert "labelled &#x27;toy&#x27;" in html and "NOT COCO numbers" in html
+    assert "23.5\u00a0toy" in html and "3.5\u00a0toy" in html
     assert f"{39.9 - e[8].paper_box_ap:.1f}" in html
     assert "background-color: rgba(46, 160, 67" in html  # a gain is green
     assert "background-color: rgba(218, 54, 51" in html  # a loss (row 7: 36.2 < 37.2) is red
     markdown = report.to_markdown(frame)
-    assert f"| 2 | {e[2].name} | toy | 38.5 | 23.5 toy | — |" in markdown and "NOT COCO AP" in markdown
+    assert f"| 2 | {e[2].name} | toy | 38.5 | 23.5 toy | — |" in markdown and "NOT COCO numbers" in markdown
 
 
-def test_report_of_missing_or_broken_runs(tmp_path: Path) -> None:
+def test_custom_and_toy_profile_runs_are_never_compared_with_the_paper(tmp_path: Path) -> None:
+    # The issue's case: a user's 200-image set in the COCO layout, toy and paper profile; and COCO itself with
+    # the toy profile. None of them is COCO val2017 with the paper's profile.
+    e1, e2 = gcrepro.get_entry(1), gcrepro.get_entry(2)
+    _run(tmp_path / "toyprof", e1.name, box=5.0, mask=4.0, data="custom", profile="toy")
+    _run(tmp_path / "toyprof", e2.name, box=7.0, mask=5.0, data="custom", profile="toy")
+    _run(tmp_path / "paperprof", e1.name, box=5.0, mask=4.0, data="custom", profile="paper")
+    _run(tmp_path / "paperprof", e2.name, box=6.0, mask=5.0, data="coco", profile="toy")
+    toyprof, _, html_path = report.write_report(tmp_path / "toyprof")
+    assert list(toyprof["data"]) == ["toy", "toy"] and toyprof[["delta_box_ap", "delta_mask_ap"]].isna().all().all()
+    assert toyprof.loc[1, "gc_gain_box_ap"] == pytest.approx(2.0)  # same label, profile and val set
+    assert "shapes200, toy profile" in html_path.read_text()
+    paperprof, _, html_path = report.write_report(tmp_path / "paperprof")
+    assert list(paperprof["data"]) == ["custom", "toy"] and paperprof["delta_box_ap"].isna().all()
+    assert math.isnan(paperprof.loc[1, "gc_gain_box_ap"])  # a custom baseline and a toy run: no gain
+    assert "custom: shapes200" in html_path.read_text()
+
+
+def test_report_escapes_markup_from_run_folders(tmp_path: Path) -> None:
+    run_dir = _run(tmp_path, gcrepro.get_entry(1).name, box=5.0, mask=4.0)
+    raw = json.loads((run_dir / "metrics.json").read_text())
+    raw["mem_kind"] = "<script>alert(1)</script>"
+    raw["hardware"] = {"device": "cpu", "cpu": "<svg onload=alert(2)>"}
+    (run_dir / "metrics.json").write_text(json.dumps(raw))
+    run_status.write_status(tmp_path / "<b>x</b>", {"entry": "<img src=x onerror=alert(3)>", "state": "failed"})
+    _, _, html_path = report.write_report(tmp_path)
+    page = html_path.read_text()
+    assert "<script>alert" not in page and "<svg onload" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_report_of_missing_broken_and_old_runs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report.write_report(tmp_path / "nope")
     _run(tmp_path, "mask_rcnn_r50_fpn_1x", box=1.0, mask=1.0)
     (tmp_path / "mask_rcnn_r50_fpn_1x" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="metrics.json: not valid JSON"):
         report.write_report(tmp_path)
+    # A metrics.json of a gcrepro before the RunSpec: "coco" meant any folder, so it is not compared.
+    old = {"entry": "mask_rcnn_r50_fpn_1x", "data": "coco", "profile": "paper", "bbox": _coco(30.0), "segm": _coco(28.0)}
+    (tmp_path / "mask_rcnn_r50_fpn_1x" / "metrics.json").write_text(json.dumps(old))
+    frame, _, html_path = report.write_report(tmp_path)
+    assert frame.loc[0, "data"] == "unverified" and math.isnan(frame.loc[0, "delta_box_ap"])
+    assert "not verified as COCO val2017" in html_path.read_text()
 
 
 def test_coco_table_and_loss_log(tmp_path: Path) -> None:
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-    metrics = {t: {k: float(i) for i, k in enumerate(keys)} for t in ("bbox", "segm")}
-    metrics["segm"]["APl"] = None  # pycocotools -1: no large objects
-    table = coco_table(metrics)
+    spec = resolve_run(1, data=DATA["toy"])
+    numbers = {t: {k: float(i) for i, k in enumerate(COCO_KEYS)} for t in ("bbox", "segm")}
+    numbers["segm"]["APl"] = None  # pycocotools -1: no large objects
+    write_eval_metrics(tmp_path, spec, eval_data=DATA["toy"], inf_fps=None, eval={}, **numbers)
+    table = coco_table(read_metrics(tmp_path))
     assert table.shape == (2, 12) and table.loc["bbox", "AR100"] == 8.0 and math.isnan(table.loc["segm", "APl"])
-    del metrics["bbox"]["AR1"]
-    with pytest.raises(KeyError, match="AR1"):
-        coco_table(metrics)
+    write_train_metrics(tmp_path / "t", spec, iterations=1, mem_gb=1.0, mem_kind="cpu_peak_rss", train_s_per_iter=None,
+                        train_images_per_s=None, train={}, provenance={})
+    with pytest.raises(ValueError, match="not evaluated yet"):
+        coco_table(read_metrics(tmp_path / "t"))
 
     log = tmp_path / "metrics.jsonl"
     lines = [{"iteration": 2, "loss": 3.0, "loss_mask": 1.0, "lr": 0.1}, {"iteration": 4, "loss": 2.0, "loss_mask": 0.5, "lr": 0.1},

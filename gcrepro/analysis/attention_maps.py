@@ -83,7 +83,7 @@ def nonlocal_maps(x: Tensor, queries: list[tuple[int, int]]) -> Tensor:
 
 def query_similarity(maps: np.ndarray) -> float:
     """Mean pairwise cosine similarity of Q maps [Q, H, W] (1.0 = identical maps, whatever the query)."""
-    flat = maps.reshape(len(maps), -1)
+    flat = maps.reshape(len(maps), -1).astype(np.float64)  # fp32 maps: a cosine could round past 1 by ~1e-6
     flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     sim = flat @ flat.T
     q = len(maps)

@@ -18,6 +18,7 @@ from torch import nn
 from gcrepro.analysis import attention_plots
 from gcrepro.atomic import write_json_atomic
 from gcrepro.analysis.attention_maps import BlockRef, ImageMaps, capture_maps, gc_blocks, query_similarity
+from gcrepro.runspec import RunSpec
 
 ATTENTION_DIR = "attention"
 
@@ -31,20 +32,19 @@ class AttentionRun:
     paths: list[Path] = dataclasses.field(default_factory=list)
 
 
-def load_trained_model(entry: str, checkpoint: Path, *, num_classes: int, profile: str, device: str) -> nn.Module:
-    """Build ``entry`` as it was trained (profile and model overrides from the checkpoint's config) and load its weights."""
-    import gcrepro
+def load_trained_model(entry: str, checkpoint: Path, *, data: str | Path | None = None,
+                       device: str = "cpu") -> tuple[nn.Module, RunSpec]:
+    """The model exactly as trained (the checkpoint's run spec), with its weights, in eval mode on ``device``;
+    and the spec, on the val set of ``data`` (default: the data it was trained on)."""
+    from gcrepro.engine.api import eval_data_of, trained_spec
     from gcrepro.engine.checkpoint import load_checkpoint, model_state_from
+    from gcrepro.modeling.build import build_detector
 
     state = load_checkpoint(checkpoint, map_location="cpu")
-    config = state.get("config") or {}
-    trained_profile = config.get("profile", profile)
-    if trained_profile != profile:
-        raise ValueError(f"checkpoint {checkpoint} was trained with profile {trained_profile!r}, not {profile!r}: "
-                         f"set profile = {trained_profile!r}")
-    model = gcrepro.build_model(entry, num_classes=num_classes, profile=profile, **dict(config.get("model") or {}))
+    spec = eval_data_of(trained_spec(entry, checkpoint, state, data=data), data)
+    model = build_detector(spec.model)
     model.load_state_dict(model_state_from(state))
-    return model.to(device).eval()
+    return model.to(device).eval(), spec
 
 
 def default_nl_block(blocks: list[BlockRef]) -> BlockRef | None:
@@ -59,14 +59,13 @@ def run_attention(
     run_dir: Path,
     checkpoint: Path | None,
     data: str = "",
-    profile: str = "toy",
     num_images: int = 2,
     nl_panel: bool = True,
     device: str = "",
 ) -> AttentionRun:
     """Capture and save the GC maps of ``num_images`` val images; see the module docstring."""
     import gcrepro
-    from gcrepro.data import CocoInstances, resolve_data
+    from gcrepro.data import CocoInstances
 
     e = gcrepro.get_entry(entry)
     out_dir = Path(run_dir) / ATTENTION_DIR
@@ -79,9 +78,8 @@ def run_attention(
     if checkpoint is None:
         raise FileNotFoundError(f"{e.name}: no checkpoint given")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    root, kind = resolve_data(data or None)
-    dataset = CocoInstances(root, split="val", train=False)
-    model = load_trained_model(e.name, checkpoint, num_classes=dataset.num_classes, profile=profile, device=device)
+    model, spec = load_trained_model(e.name, checkpoint, data=data or None, device=device)
+    dataset = CocoInstances(spec.data.root, split="val", train=False)
     blocks = gc_blocks(model)
     nl_block = default_nl_block(blocks) if nl_panel else None
     results = []
@@ -90,7 +88,7 @@ def run_attention(
         results.append(capture_maps(model, image, image_id=int(target["image_id"]), boxes=target["boxes"], nl_block=nl_block))
     paths = attention_plots.save_all(results, out_dir, entry=e.name)
     summary = {
-        "entry": e.name, "gc": True, "checkpoint": str(checkpoint), "data": kind,
+        "entry": e.name, "gc": True, "checkpoint": str(checkpoint), "data": spec.data.root, "label": spec.label,
         "blocks": [{"name": b.name, "stage": b.stage, "block_index": b.block_index, "label": b.label} for b in blocks],
         "images": [m.image_id for m in results],
         "files": [p.name for p in paths],

@@ -60,76 +60,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sets = parse_set_args(args.sets)
     except ParameterError as exc:
         return _fail("gcrepro table run", str(exc))
-    return table_run(entries, runs_dir=args.runs_dir, data=args.data, profile=args.profile, gpus=args.gpus,
-                     sets=sets, force=args.force, jobs=args.jobs, prog="gcrepro table run")
-
-
-def table_run(
-    entries: list[str],
-    *,
-    runs_dir: Path | None = None,
-    data: str | None = None,
-    profile: str = "toy",
-    gpus: int = 0,
-    sets: list[tuple[str, str]] = (),
-    force: bool = False,
-    jobs: int = 1,
-    prog: str = "gcrepro table run",
-) -> int:
-    """Validate everything, then run the entries and build the report. 0: all done; 1: something failed; 2: bad input."""
-    from gcrepro.analysis import table_runner
-    from gcrepro.analysis.notebook_params import ParameterError
-    from gcrepro.paths import default_runs_dir
-
-    runs_dir = Path(runs_dir or default_runs_dir()).expanduser().resolve()
-
-    def plan(data_root: str):
-        return table_runner.plan_table(entries, runs_dir=runs_dir, data=data_root, profile=profile, gpus=gpus,
-                                       sets=list(sets))
-
-    try:
-        data_root = _check_data(data)
-        plans = plan(data_root)
-        table_runner.check_kernel()
-    except (ParameterError, RuntimeError, FileNotFoundError) as exc:
-        return _fail(prog, str(exc))
-    if data is None:  # the built-in toy dataset: made (or reused) once, its path recorded in params.yaml
-        from gcrepro.data import ensure_toy
-
-        data_root = str(ensure_toy())
-        plans = plan(data_root)
-    print(f"data: {data_root}\nruns: {runs_dir}", flush=True)
-    try:
-        statuses = table_runner.run_table(plans, force=force, jobs=jobs)
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
-        return 130
-    failed = [p.entry for p, s in zip(plans, statuses) if s is None or s["state"] != "done"]
-    report_ok = True
-    try:
-        notebook = table_runner.run_report_notebook(runs_dir)
-        print(f"report: {runs_dir / 'report.html'}\n        {runs_dir / 'report.csv'}\n        {notebook}")
-    except Exception as exc:  # noqa: BLE001 - the runs are kept; say what broke
-        report_ok = False
-        print(f"report FAILED: {type(exc).__name__}: {exc} (see {runs_dir / 'report.ipynb'})")
-    if failed:
-        print(f"{len(failed)} of {len(plans)} entries failed: {', '.join(failed)} "
-              "(each run folder keeps status.json and the failing notebook)")
-    return 1 if failed or not report_ok else 0
-
-
-def _check_data(data: str | None) -> str:
-    """A given --data folder must be a dataset now (before anything runs); None stays "" (toy, made later)."""
-    if data is None:
-        return ""
-    from gcrepro.analysis.notebook_params import ParameterError
-    from gcrepro.data import DataError, resolve_data
-
-    try:
-        root, _kind = resolve_data(data)
-    except DataError as exc:
-        raise ParameterError(f"--data: {exc}") from None
-    return str(root)
+    return table_runner.table_run(entries, runs_dir=args.runs_dir, data=args.data, profile=args.profile,
+                                  gpus=args.gpus, sets=sets, force=args.force, jobs=args.jobs, prog="gcrepro table run")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -145,8 +77,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         columns={"paper_box_ap": "paper box AP", "box_ap": "ours box AP", "paper_mask_ap": "paper mask AP",
                  "mask_ap": "ours mask AP"})
     print(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.1f}"))
-    if (frame["data"] == "toy").any():
-        print("(rows with data 'toy': AP on the synthetic toy val split, not COCO numbers)")
+    others = sorted(set(frame["data"]) - {"coco", ""})
+    if others:
+        print(f"(rows with data {', '.join(others)}: not COCO val2017 numbers of the paper's profile; no Δ to the paper)")
     if args.markdown:
         from gcrepro.analysis.report import to_markdown
 

@@ -22,21 +22,20 @@ def run_demo(*, runs_dir: Path | None = None, force: bool = False, sets: list[tu
              jobs: int = 3) -> int:
     """Run the demo table; print where the report and the figures are. Returns the exit code."""
     from gcrepro import entries as table
-    from gcrepro.analysis.cli import table_run
+    from gcrepro.analysis.table_runner import table_run
 
     runs_dir = Path(runs_dir or default_demo_dir()).expanduser().resolve()
     names = [e.name for e in table.select_entries(rows=DEMO_ROWS)]
     print(f"gcrepro demo: toy table for rows {DEMO_ROWS} ({', '.join(names)}) on the CPU", flush=True)
     start = time.perf_counter()
-    # The three rows train at once: the toy profile computes on one thread, so on 2 cores three
-    # concurrent entries finish in ~5 min where one after another takes ~11 (measured 2026-11-27).
+    # The three rows train at once: the toy profile computes on one thread (benchmarks/RESULTS.md).
     code = table_run(names, runs_dir=runs_dir, profile="toy", force=force, sets=list(sets), jobs=jobs,
                      prog="gcrepro demo")
     if code == 2:
         return code
     figures = sorted(p for name in names for p in (runs_dir / name / "attention").glob("*.png"))
     print(f"\ngcrepro demo finished in {time.perf_counter() - start:.0f} s" + ("" if code == 0 else " WITH FAILURES"))
-    print(f"  report (toy data, not COCO numbers): {runs_dir / 'report.html'}")
+    print(f"  report (labelled toy: not COCO numbers): {runs_dir / 'report.html'}")
     print(f"                                       {runs_dir / 'report.csv'}")
     if figures:
         print(f"  attention heatmaps ({len(figures)} PNGs): {figures[0].parent.parent.parent}/*/attention/")

@@ -163,7 +163,7 @@ def apply_sets(
                 if param.type_name != "dict":
                     raise ParameterError(f"--set {key}: {nb}.ipynb parameter {name!r} is {param.type_name}, not a dict")
                 current = dict(out[nb].get(name) or _literal_default(param))
-                current[subkey] = parse_cli_value(text, "any")
+                current[subkey] = text  # kept as text: its consumer types it (training overrides: gcrepro.runspec)
                 out[nb][name] = current
             else:
                 out[nb][name] = check_value(param, parse_cli_value(text, param.type_name), where=f"--set {key} ({nb}.ipynb)")

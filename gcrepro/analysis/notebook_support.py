@@ -4,14 +4,12 @@ Everything a script would need lives here (or deeper in gcrepro), not in a noteb
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-# pycocotools' 12 summary numbers, in COCOeval.stats order.
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+from gcrepro.run_metrics import COCO_KEYS, RunMetrics
 
 
 def run_dir_for(entry: str, work_dir: str) -> Path:
@@ -42,39 +40,21 @@ def checkpoint_for(run_dir: Path, checkpoint: str) -> Path:
     return found
 
 
-def coco_table(metrics: dict) -> pd.DataFrame:
+def coco_table(metrics: RunMetrics) -> pd.DataFrame:
     """The 12 COCO numbers of bbox and segm as a 2 x 12 table (percent; NaN where COCOeval has no ground truth)."""
-    rows = {}
-    for task in ("bbox", "segm"):
-        numbers = metrics.get(task) or {}
-        missing = [k for k in COCO_KEYS if k not in numbers]
-        if missing:
-            raise KeyError(f"metrics[{task!r}] lacks {missing}; expected the 12 COCO numbers {list(COCO_KEYS)}")
-        # None: pycocotools' -1, no ground truth in that area range.
-        rows[task] = [math.nan if numbers[k] is None else float(numbers[k]) for k in COCO_KEYS]
+    if not metrics.evaluated:
+        raise ValueError(f"{metrics.path}: not evaluated yet (no 'bbox' / 'segm'); run evaluate.ipynb or gcrepro eval")
+    rows = {task: [math.nan if numbers[k] is None else float(numbers[k]) for k in COCO_KEYS]
+            for task, numbers in (("bbox", metrics.bbox), ("segm", metrics.segm))}
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(COCO_KEYS))
 
 
-def read_metrics(run_dir: Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics (written by gcrepro.evaluate / evaluate.ipynb)")
-    return json.loads(path.read_text())
-
-
-def data_label(metrics: dict) -> str:
-    """How to label numbers of this run: COCO val2017 AP, or toy AP that must never pass for COCO."""
-    if metrics.get("data") == "toy":
-        return "TOY data (synthetic shapes, toy val split): these are NOT COCO numbers"
-    return "COCO val2017"
-
-
-def cost_table(metrics: dict, entry) -> pd.DataFrame:
+def cost_table(metrics: RunMetrics, entry) -> pd.DataFrame:
     """Mem, s/iter and fps: ours (and how measured) beside the paper's where the paper has them."""
     rows = [
-        ("Mem (GB)", metrics.get("mem_gb"), entry.paper_mem_gb, metrics.get("mem_kind", "")),
-        ("train s/iter", metrics.get("train_s_per_iter"), entry.paper_train_s_per_iter, "mean, first iterations excluded"),
-        ("inference fps", metrics.get("inf_fps"), entry.paper_inf_fps, "batch 1, whole pipeline"),
+        ("Mem (GB)", metrics.mem_gb, entry.paper_mem_gb, metrics.mem_kind or ""),
+        ("train s/iter", metrics.train_s_per_iter, entry.paper_train_s_per_iter, "mean, first iterations excluded"),
+        ("inference fps", metrics.inf_fps, entry.paper_inf_fps, "batch 1, whole pipeline"),
     ]
     frame = pd.DataFrame(rows, columns=["", "ours", "paper (V100)", "ours measured as"]).set_index("")
     frame["ours"] = pd.to_numeric(frame["ours"], errors="coerce")

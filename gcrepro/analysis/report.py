@@ -1,15 +1,17 @@
 """The table report: our runs beside the paper's numbers.
 
-Reads every ``RUNS_DIR/<entry>/{status.json,metrics.json}``, joins them with the
-paper's table (``gcrepro.list_entries()``) and writes ``RUNS_DIR/report.csv`` and
-``RUNS_DIR/report.html`` (a pandas Styler, Δ coloured by size). Runs on the
-synthetic toy dataset are labelled "toy" in a column, in their cells and in the
-caption, and get no Δ to the paper: toy AP is not COCO AP.
+Reads every ``RUNS_DIR/<entry>/{status.json,metrics.json}`` (metrics through the one typed
+reader, :mod:`gcrepro.run_metrics`), joins them with the paper's table (``gcrepro.list_entries()``)
+and writes ``RUNS_DIR/report.csv`` and ``RUNS_DIR/report.html`` (a pandas Styler, Δ coloured by size).
+
+Every run's numbers carry their label (:func:`gcrepro.runspec.label_of`) in the ``data`` column, in
+their cells and in the caption. Only ``coco`` runs (the paper profile on COCO val2017) get a Δ to the
+paper; the GC gain is computed only against a baseline run of the same label, profile and val set.
 """
 from __future__ import annotations
 
 import html
-import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -17,8 +19,12 @@ from typing import Any, Iterable, Protocol
 import pandas as pd
 
 from gcrepro.analysis import run_status
-from gcrepro.atomic import write_text_atomic
 from gcrepro.analysis.notebook_support import hardware_text
+from gcrepro.atomic import write_text_atomic
+from gcrepro.run_metrics import RunMetrics, read_metrics
+from gcrepro.runspec import label_text
+
+logger = logging.getLogger("gcrepro")
 
 
 class EntryLike(Protocol):
@@ -44,6 +50,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "row": ("", "row"),
     "entry": ("", "entry"),
     "data": ("", "data"),
+    "dataset": ("", "dataset"),
     "state": ("", "state"),
     "paper_box_ap": ("box AP", "paper"),
     "box_ap": ("box AP", "ours"),
@@ -69,21 +76,15 @@ DELTA_COLUMNS = ("delta_box_ap", "delta_mask_ap")
 
 
 def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """One record per entry folder holding status.json or metrics.json: {"entry", "state", "metrics"}."""
+    """One record per entry folder holding status.json or metrics.json: {"entry", "state", "metrics", "dir"}."""
     runs = []
     for run_dir in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()):
         status = run_status.read_status(run_dir)
-        metrics_path = run_dir / "metrics.json"
-        metrics = None
-        if metrics_path.is_file():
-            try:
-                metrics = json.loads(metrics_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{metrics_path}: not valid JSON ({exc})") from None
+        metrics = read_metrics(run_dir) if (run_dir / "metrics.json").is_file() else None
         if status is None and metrics is None:
             continue
         state = status["state"] if status else "done"
-        name = (metrics or {}).get("entry") or (status or {}).get("entry") or run_dir.name
+        name = metrics.entry if metrics else (status or {}).get("entry") or run_dir.name
         runs.append({"entry": str(name), "state": state, "metrics": metrics, "dir": str(run_dir)})
     return runs
 
@@ -92,11 +93,13 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def _data_kind(metrics: dict | None) -> str:
-    if not metrics:
-        return ""
-    kind = str(metrics.get("data", "")).lower()
-    return kind if kind in ("toy", "coco") else (kind or "unknown")
+def _comparable(a: RunMetrics, b: RunMetrics) -> bool:
+    """Two runs whose AP may be subtracted: same label, same profile, same val set."""
+    if a.label != b.label or a.profile != b.profile:
+        return False
+    if a.data is not None and b.data is not None:
+        return a.data.val_sha256 == b.data.val_sha256
+    return a.data is None and b.data is None  # two old files: only their label and profile are known
 
 
 def report_frame(runs: list[dict[str, Any]], entries: Iterable[EntryLike]) -> pd.DataFrame:
@@ -107,23 +110,23 @@ def report_frame(runs: list[dict[str, Any]], entries: Iterable[EntryLike]) -> pd
     rows = []
     for run in runs:
         e = by_name.get(run["entry"])
-        m = run["metrics"] or {}
-        data = _data_kind(run["metrics"])
-        box, mask = _num((m.get("bbox") or {}).get("AP")), _num((m.get("segm") or {}).get("AP"))
+        m: RunMetrics | None = run["metrics"]
+        box, mask = _num(m.box_ap if m else None), _num(m.mask_ap if m else None)
         row = {
-            "row": e.row if e else math.nan, "entry": run["entry"], "data": data, "state": run["state"],
+            "row": e.row if e else math.nan, "entry": run["entry"], "data": m.label if m else "",
+            "dataset": (m.data.name if m and m.data else ""), "state": run["state"],
             "paper_box_ap": _num(e.paper_box_ap) if e else math.nan,
             "paper_mask_ap": _num(e.paper_mask_ap) if e else math.nan,
             "box_ap": box, "mask_ap": mask,
-            "mem_gb": _num(m.get("mem_gb")), "paper_mem_gb": _num(e.paper_mem_gb) if e else math.nan,
-            "mem_kind": str(m.get("mem_kind", "")),
-            "train_s_per_iter": _num(m.get("train_s_per_iter")),
+            "mem_gb": _num(m.mem_gb if m else None), "paper_mem_gb": _num(e.paper_mem_gb) if e else math.nan,
+            "mem_kind": (m.mem_kind or "") if m else "",
+            "train_s_per_iter": _num(m.train_s_per_iter if m else None),
             "paper_train_s_per_iter": _num(e.paper_train_s_per_iter) if e else math.nan,
-            "inf_fps": _num(m.get("inf_fps")), "paper_inf_fps": _num(e.paper_inf_fps) if e else math.nan,
-            "hardware": hardware_text(m.get("hardware")),
+            "inf_fps": _num(m.inf_fps if m else None), "paper_inf_fps": _num(e.paper_inf_fps) if e else math.nan,
+            "hardware": hardware_text(m.hardware if m else None),
         }
-        # Δ to the paper only for COCO runs: a toy AP minus a COCO AP means nothing.
-        coco = data == "coco"
+        # Δ to the paper only for the paper's profile on COCO val2017: anything else minus a COCO AP means nothing.
+        coco = m is not None and m.label == "coco"
         row["delta_box_ap"] = box - row["paper_box_ap"] if coco else math.nan
         row["delta_mask_ap"] = mask - row["paper_mask_ap"] if coco else math.nan
         base = baselines.get(e.group) if e else None
@@ -132,30 +135,39 @@ def report_frame(runs: list[dict[str, Any]], entries: Iterable[EntryLike]) -> pd
             gains["paper_gc_gain_box_ap"] = _num(e.paper_box_ap) - _num(base.paper_box_ap)
             gains["paper_gc_gain_mask_ap"] = _num(e.paper_mask_ap) - _num(base.paper_mask_ap)
             base_run = ours.get(base.name)
-            # Our gain needs our baseline, measured on the same kind of data.
-            if base_run and base_run["metrics"] and _data_kind(base_run["metrics"]) == data:
-                bm = base_run["metrics"]
-                gains["gc_gain_box_ap"] = box - _num((bm.get("bbox") or {}).get("AP"))
-                gains["gc_gain_mask_ap"] = mask - _num((bm.get("segm") or {}).get("AP"))
+            bm: RunMetrics | None = base_run["metrics"] if base_run else None
+            # Our gain needs our baseline with the same label, profile and val set.
+            if m is not None and bm is not None and _comparable(m, bm):
+                gains["gc_gain_box_ap"] = box - _num(bm.box_ap)
+                gains["gc_gain_mask_ap"] = mask - _num(bm.mask_ap)
         row.update(gains)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.sort_values(["row", "entry"], na_position="last").reset_index(drop=True)
 
 
-def caption(frame: pd.DataFrame) -> str:
-    n_toy = int((frame["data"] == "toy").sum())
-    n_coco = int((frame["data"] == "coco").sum())
+def caption(frame: pd.DataFrame, runs: list[dict[str, Any]] | None = None) -> str:
+    """What every number in the table is: one sentence per label present."""
     parts = ["Paper: COCO val2017 numbers from the GCNet table (Cao et al., 2019)."]
-    if n_coco:
-        parts.append(f"{n_coco} run(s) on COCO: 'ours' is COCO val2017 AP and Δ = ours - paper.")
-    if n_toy:
-        parts.append(
-            f"{n_toy} run(s) on the synthetic TOY dataset: their AP (marked 'toy') is toy-val AP, "
-            "NOT COCO AP, so they get no Δ to the paper; their GC gain compares toy runs with the toy baseline."
-        )
-    parts.append("GC gain = entry minus the GC-off baseline of its group (same backbone, detector, norm, heads, schedule).")
-    parts.append("Mem, s/iter and fps are ours as measured on the run's hardware (see 'measured as'), paper values from V100s.")
+    texts: dict[str, str] = {}
+    for run in runs or []:
+        m: RunMetrics | None = run["metrics"]
+        if m is not None:
+            texts.setdefault(m.label, m.label_text)
+    for label in ("coco", "toy", "coco-subset", "custom", "unverified"):
+        n = int((frame["data"] == label).sum())
+        if not n:
+            continue
+        text = texts.get(label) or label_text(label, None)
+        if label == "coco":
+            parts.append(f"{n} run(s) on COCO val2017 with the paper's profile: Δ = ours - paper.")
+        else:
+            parts.append(f"{n} run(s) labelled '{label}' ({text}): their AP is marked '{label}' and gets no Δ "
+                         "to the paper.")
+    parts.append("GC gain = entry minus the GC-off baseline of its group (same backbone, detector, norm, heads, "
+                 "schedule); ours only against a baseline run with the same label, profile and val set.")
+    parts.append("Mem, s/iter and fps are ours as measured on the run's hardware (see 'measured as'), paper values "
+                 "from V100s.")
     return " ".join(parts)
 
 
@@ -168,22 +180,22 @@ def _delta_css(value: Any) -> str:
     return f"background-color: rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {0.15 + 0.6 * strength:.2f})"
 
 
-def style_report(frame: pd.DataFrame) -> "pd.io.formats.style.Styler":
-    """A Styler for JupyterLab and report.html: grouped headers, Δ coloured, toy cells marked."""
+def style_report(frame: pd.DataFrame, runs: list[dict[str, Any]] | None = None) -> "pd.io.formats.style.Styler":
+    """A Styler for JupyterLab and report.html: grouped headers, Δ coloured, non-COCO cells marked with their label."""
     shown = frame.copy()
     shown.columns = pd.MultiIndex.from_tuples([COLUMNS[c] for c in frame.columns])
     styler = shown.style.hide(axis="index")
-    styler = styler.format(precision=1, na_rep="—")
+    styler = styler.format(precision=1, na_rep="—", escape="html")  # run folders and metrics.json are user input
     for col in ("train_s_per_iter", "paper_train_s_per_iter"):
         styler = styler.format("{:.3f}", subset=[COLUMNS[col]], na_rep="—")
     styler = styler.format(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{int(v)}",
                            subset=[COLUMNS["row"]])
-    toy = frame.index[frame["data"] == "toy"]
-    if len(toy):
-        styler = styler.format(lambda v: "—" if math.isnan(v) else f"{v:.1f} toy",
-                               subset=(toy, [COLUMNS[c] for c in AP_COLUMNS]))
+    for label in sorted(set(frame["data"]) - {"coco", ""}):
+        rows = frame.index[frame["data"] == label]
+        styler = styler.format(lambda v, label=label: "—" if math.isnan(v) else f"{v:.1f}\u00a0{label}",
+                               subset=(rows, [COLUMNS[c] for c in AP_COLUMNS]))
     styler = styler.map(_delta_css, subset=[COLUMNS[c] for c in DELTA_COLUMNS])
-    styler = styler.set_caption(caption(frame))
+    styler = styler.set_caption(html.escape(caption(frame, runs)))
     styler = styler.set_table_styles([
         {"selector": "caption", "props": "caption-side: top; text-align: left; padding: 4px 0 8px; max-width: 90em"},
         {"selector": "th", "props": "text-align: center; padding: 2px 8px"},
@@ -201,16 +213,18 @@ def write_report(runs_dir: Path, *, entries: Iterable[EntryLike] | None = None) 
         import gcrepro
 
         entries = gcrepro.list_entries()
-    frame = report_frame(load_runs(runs_dir), entries)
+    runs = load_runs(runs_dir)
+    frame = report_frame(runs, entries)
     csv_path, html_path = runs_dir / "report.csv", runs_dir / "report.html"
     write_text_atomic(csv_path, frame.to_csv(index=False, float_format="%.4g"))
-    title = "gcrepro: GCNet table, reproduced" + (" (TOY data)" if (frame["data"] == "toy").any() else "")
+    others = sorted(set(frame["data"]) - {"coco", ""})
+    title = "gcrepro: GCNet table, reproduced" + (f" ({', '.join(others)}: not COCO numbers)" if others else "")
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:2em} table{border-collapse:collapse}"
         " tr:nth-child(even){background:#f6f8fa}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1>\n{style_report(frame).to_html()}\n</body></html>\n"
+        f"<h1>{html.escape(title)}</h1>\n{style_report(frame, runs).to_html()}\n</body></html>\n"
     )
     write_text_atomic(html_path, page)
     return frame, csv_path, html_path
@@ -223,19 +237,19 @@ MARKDOWN_COLUMNS = (
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    """The main columns as a Markdown table (for a README), toy values marked, the caption below."""
-    def cell(col: str, value: Any, toy: bool) -> str:
+    """The main columns as a Markdown table (for a README), non-COCO values marked, the caption below."""
+    def cell(col: str, value: Any, label: str) -> str:
         if isinstance(value, float) and math.isnan(value):
             return "—"
         if col == "row":
             return str(int(value))
         if isinstance(value, float):
             text = f"{value:.3f}" if col == "train_s_per_iter" else f"{value:.1f}"
-            return f"{text} toy" if toy and col in AP_COLUMNS else text
+            return f"{text} {label}" if label not in ("coco", "") and col in AP_COLUMNS else text
         return str(value)
 
     header = [" ".join(x for x in COLUMNS[c] if x) for c in MARKDOWN_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(cell(c, r[c], r["data"] == "toy") for c in MARKDOWN_COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(c, r[c], r["data"]) for c in MARKDOWN_COLUMNS) + " |")
     return "\n".join(lines) + "\n\n" + caption(frame) + "\n"

@@ -3,9 +3,13 @@
 For each entry the notebooks are executed with papermill into ``RUNS_DIR/<entry>/``
 (beside what they write: params.yaml, metrics.json, COCO results, checkpoints,
 attention/ PNGs) and ``status.json`` records running/done/failed, timings and the
-error. Every parameter is checked against the notebooks' own declarations before
-anything runs; a failing entry keeps its error and its failing notebook while the
+error. Every parameter is checked against the notebooks' own declarations, and each
+entry's run is resolved (:func:`gcrepro.runspec.resolve_run`), before anything runs:
+train.ipynb receives the resolved RunSpec itself, evaluate and attention read it from
+the checkpoint. A failing entry keeps its error and its failing notebook while the
 others still run; completed entries are skipped unless ``force``.
+
+``table_run`` is the whole command (``gcrepro table run``, ``gcrepro demo``): plan, run, report.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from typing import Any, Callable, TextIO
 
 from gcrepro.analysis import notebook_params as nbp
 from gcrepro.analysis import run_status
+from gcrepro.data.identity import DataSpec
+from gcrepro.runspec import RunSpec
 
 KERNEL_NAME = "python3"
 # Keep the kernel's own log quiet: its start-up warning and shutdown messages would break the
@@ -31,16 +37,18 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @dataclasses.dataclass(frozen=True)
 class EntryPlan:
-    """What one entry will run: the run folder and each notebook's parameters."""
+    """What one entry will run: the run folder, its resolved run, and each notebook's parameters."""
 
     entry: str
     run_dir: Path
+    spec: RunSpec
     params: dict[str, dict[str, Any]]  # notebook name -> parameters
 
 
-def base_params(entry: str, run_dir: Path, *, data: str, profile: str, gpus: int) -> dict[str, dict[str, Any]]:
-    """The parameters the runner itself passes to each notebook (the rest keep their defaults)."""
-    common = {"entry": entry, "data": data, "work_dir": str(run_dir), "profile": profile}
+def base_params(entry: str, run_dir: Path, *, gpus: int) -> dict[str, dict[str, Any]]:
+    """The parameters the runner itself passes to each notebook (the rest keep their defaults).
+    train.ipynb's ``spec`` is added once the entry's run is resolved."""
+    common = {"entry": entry, "work_dir": str(run_dir)}
     return {
         # resume: a failed entry's re-run continues its training (a finished training returns at once).
         "train": {**common, "gpus": gpus, "resume": True},
@@ -52,22 +60,30 @@ def base_params(entry: str, run_dir: Path, *, data: str, profile: str, gpus: int
 # Names the runner sets from its own options; `--set` may not set them.
 RESERVED = {"entry": "--entries/--rows", "data": "--data", "work_dir": "--runs-dir", "profile": "--profile",
             "gpus": "--gpus", "interactive": "the runner (always False headless)",
-            "resume": "the runner (a failed entry resumes; --force starts afresh)"}
+            "resume": "the runner (a failed entry resumes; --force starts afresh)",
+            "spec": "the runner (the run resolved from --data, --profile and --set overrides.KEY)"}
 
 
 def plan_table(
     entries: list[str],
     *,
     runs_dir: Path,
-    data: str = "",
+    data: str | Path | DataSpec | None = None,
     profile: str = "toy",
     gpus: int = 0,
     sets: list[tuple[str, str]] = (),
     notebooks: Path | None = None,
 ) -> list[EntryPlan]:
-    """Check every parameter of every entry against the notebooks; raise ParameterError before anything runs."""
-    if profile not in ("toy", "paper"):
-        raise nbp.ParameterError(f"--profile {profile!r}: expected 'toy' or 'paper'")
+    """Check every parameter of every entry against the notebooks and resolve each entry's run; raise
+    ParameterError (one line) before anything runs. ``data``: a dataset root or DataSpec; None makes or
+    reuses the built-in toy set (only after everything else was checked)."""
+    from gcrepro.data import DataError, describe_data
+    from gcrepro.engine.config import ConfigError
+    from gcrepro.profiles import PROFILES
+    from gcrepro.runspec import parse_overrides, resolve_run
+
+    if profile not in PROFILES:
+        raise nbp.ParameterError(f"--profile {profile!r}: expected one of {'|'.join(PROFILES)}")
     if gpus < 0:
         raise nbp.ParameterError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs")
     if not entries:
@@ -76,27 +92,29 @@ def plan_table(
         raise nbp.ParameterError(f"entries listed twice: {sorted({e for e in entries if entries.count(e) > 1})}")
     declared = {nb: nbp.declared_params(nbp.notebook_path(nb, notebooks)) for nb in nbp.ENTRY_NOTEBOOKS}
     runs_dir = Path(runs_dir).resolve()
-    plans = []
+    checked = []
     for entry in entries:
         run_dir = runs_dir / entry
-        base = base_params(entry, run_dir, data=data, profile=profile, gpus=gpus)
-        params = nbp.apply_sets(base, list(sets), declared, reserved=RESERVED)
-        _check_overrides(params)
-        plans.append(EntryPlan(entry=entry, run_dir=run_dir, params=params))
-    return plans
-
-
-def _check_overrides(params: dict[str, dict[str, Any]]) -> None:
-    """The train notebook's ``overrides`` go to gcrepro.train: check their keys and values with the engine's parser."""
-    overrides = params.get("train", {}).get("overrides")
-    if not overrides:
-        return
-    from gcrepro.engine.config import ConfigError, parse_overrides
-
+        params = nbp.apply_sets(base_params(entry, run_dir, gpus=gpus), list(sets), declared, reserved=RESERVED)
+        overrides = params["train"].pop("overrides", None) or {}
+        try:
+            parse_overrides(overrides, source="--set overrides.")
+        except ConfigError as exc:
+            raise nbp.ParameterError(f"train.ipynb overrides: {exc}") from None
+        checked.append((entry, run_dir, params, overrides))
     try:
-        parse_overrides(overrides)
-    except ConfigError as exc:
-        raise nbp.ParameterError(f"train.ipynb overrides: {exc}") from None
+        data_spec = data if isinstance(data, DataSpec) else describe_data(data)
+    except DataError as exc:
+        raise nbp.ParameterError(f"--data: {exc}") from None
+    plans = []
+    for entry, run_dir, params, overrides in checked:
+        try:
+            spec = resolve_run(entry, data=data_spec, profile=profile, overrides=overrides, source="--set overrides.")
+        except (ConfigError, LookupError) as exc:
+            raise nbp.ParameterError(f"{entry}: {exc}") from None
+        params["train"]["spec"] = nbp.check_value(declared["train"]["spec"], spec.to_dict(), where="train.ipynb")
+        plans.append(EntryPlan(entry=spec.entry, run_dir=run_dir, spec=spec, params=params))
+    return plans
 
 
 def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
@@ -203,14 +221,15 @@ def completed(plan: EntryPlan) -> tuple[bool, str]:
 
 
 def _summary(run_dir: Path) -> str:
-    import json
+    from gcrepro.run_metrics import read_metrics
 
     try:
-        m = json.loads((run_dir / "metrics.json").read_text())
-        tag = " (toy data)" if m.get("data") == "toy" else ""
-        return f"box AP {m['bbox']['AP']:.1f}, mask AP {m['segm']['AP']:.1f}{tag}"
-    except (OSError, ValueError, KeyError, TypeError):
+        m = read_metrics(run_dir)
+    except (OSError, ValueError):
         return "no metrics.json"
+    if not m.evaluated:
+        return "not evaluated"
+    return f"box AP {m.box_ap or 0.0:.1f}, mask AP {m.mask_ap or 0.0:.1f} ({m.label})"
 
 
 def run_table(
@@ -293,3 +312,48 @@ def select_entries(entries: str | None, rows: str | None) -> list[str]:
     except (LookupError, ValueError) as exc:
         option = "--rows" if rows and "row" in str(exc) else "--entries"
         raise nbp.ParameterError(f"{option}: {exc}") from None
+
+
+def table_run(
+    entries: list[str],
+    *,
+    runs_dir: Path | None = None,
+    data: str | None = None,
+    profile: str = "toy",
+    gpus: int = 0,
+    sets: list[tuple[str, str]] = (),
+    force: bool = False,
+    jobs: int = 1,
+    prog: str = "gcrepro table run",
+) -> int:
+    """Validate everything, then run the entries and build the report. 0: all done; 1: something failed;
+    2: bad input (one line on stderr); 130: interrupted."""
+    from gcrepro.paths import default_runs_dir
+
+    runs_dir = Path(runs_dir or default_runs_dir()).expanduser().resolve()
+    try:
+        check_kernel()
+        plans = plan_table(entries, runs_dir=runs_dir, data=data, profile=profile, gpus=gpus, sets=list(sets))
+    except (nbp.ParameterError, RuntimeError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    spec = plans[0].spec
+    print(f"data: {spec.data.root} ({spec.data.kind}); numbers labelled: {spec.label_text}\nruns: {runs_dir}",
+          flush=True)
+    try:
+        statuses = run_table(plans, force=force, jobs=jobs)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
+        return 130
+    failed = [p.entry for p, s in zip(plans, statuses) if s is None or s["state"] != "done"]
+    report_ok = True
+    try:
+        notebook = run_report_notebook(runs_dir)
+        print(f"report: {runs_dir / 'report.html'}\n        {runs_dir / 'report.csv'}\n        {notebook}")
+    except Exception as exc:  # noqa: BLE001 - the runs are kept; say what broke
+        report_ok = False
+        print(f"report FAILED: {type(exc).__name__}: {exc} (see {runs_dir / 'report.ipynb'})")
+    if failed:
+        print(f"{len(failed)} of {len(plans)} entries failed: {', '.join(failed)} "
+              "(each run folder keeps status.json and the failing notebook)")
+    return 1 if failed or not report_ok else 0

@@ -11,7 +11,7 @@ Public API::
     set_epoch(loader, epoch, start_iter=0)
     make_toy_dataset(out, *, seed=0, num_train=512, num_val=64, image_size=160) -> Path
     ensure_toy(path=None, seed=0) -> Path
-    resolve_data(data) -> (root, "toy" | "coco")
+    describe_data(data) -> DataSpec           # root, kind (toy | coco | coco-subset | custom), val fingerprint
     DataError                                   # one-line message naming the bad file / id
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ __all__ = [
     "set_epoch",
     "make_toy_dataset",
     "ensure_toy",
-    "resolve_data",
+    "describe_data",
+    "DataSpec",
 ]
 
 _WHERE = {
@@ -33,7 +34,8 @@ _WHERE = {
     "set_epoch": "loader",
     "make_toy_dataset": "toy",
     "ensure_toy": "toy",
-    "resolve_data": "resolve",
+    "describe_data": "identity",
+    "DataSpec": "identity",
 }
 
 

@@ -6,7 +6,7 @@ normalisation, padding to a multiple of 32) happens INSIDE the model, in torchvi
 
 The flip decision is a pure function of (seed, epoch, sample index): no global RNG, so it is the
 same with any worker count and after a resume. The flip itself works on numpy arrays: per-image
-torch ops would start intra-op threads for every image (measured 10x slower on 2 busy cores).
+torch ops would start intra-op threads for every image (benchmarks/RESULTS.md, "Engine notes").
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
     ckpt = gcrepro.train("mask_rcnn_r50_fpn_gc_r16_1x", work_dir="runs/r2")        # toy data, CPU
     metrics = gcrepro.evaluate("mask_rcnn_r50_fpn_gc_r16_1x", checkpoint=ckpt, work_dir="runs/r2")
 
-Several processes (``gpus > 1``, or ``nprocs > 1`` CPU processes) go through
+``train`` resolves the run once (:func:`gcrepro.runspec.resolve_run`) or takes a resolved RunSpec, and
+saves it in every checkpoint and in metrics.json; ``evaluate`` rebuilds the model from the
+checkpoint's RunSpec, never from today's defaults. Several processes (``gpus > 1``, or ``nprocs > 1`` CPU processes) go through
 :func:`gcrepro.engine.launch.launch`, which starts workers running these same functions; inside
 a worker (or under torchrun) they join the process group instead of launching again.
 """
@@ -23,9 +25,11 @@ import torch
 
 from gcrepro.engine import checkpoint as ckpt
 from gcrepro.engine import dist
-from gcrepro.engine.config import ConfigError, TrainConfig, differences_from_paper, make_config, parse_overrides
+from gcrepro.engine.config import ConfigError, TrainConfig
 from gcrepro.engine.logs import setup_logging
-from gcrepro.engine.measure import GIB, peak_memory_bytes, run_info, update_metrics_json
+from gcrepro.engine.measure import GIB, peak_memory_bytes, run_info
+from gcrepro.run_metrics import RunMetrics
+from gcrepro.runspec import RunSpec, parse_overrides, resolve_run
 
 logger = logging.getLogger("gcrepro.engine")
 
@@ -55,9 +59,9 @@ def _set_deterministic(enabled: bool, device: torch.device) -> None:
 def _flush_denormals(device: torch.device, enabled: bool) -> None:
     """CPU only: flush denormal floats to zero (x86 FTZ/DAZ) while a run is in progress.
 
-    Saturated logits (e.g. a mask head early in training from scratch) make gradients ~1e-40;
-    CPU arithmetic on such denormals is 10-100x slower (measured: toy iterations 2-16 s -> 0.1 s
-    with it). Values below 1.2e-38 have no effect on training in float32.
+    Saturated logits (e.g. a mask head early in training from scratch) make gradients ~1e-40, and
+    CPU arithmetic on denormals is many times slower (benchmarks/RESULTS.md, "Engine notes"). Values
+    below 1.2e-38 have no effect on training in float32.
     """
     if device.type == "cpu":
         torch.set_flush_denormal(enabled)
@@ -66,8 +70,8 @@ def _flush_denormals(device: torch.device, enabled: bool) -> None:
 def _cpu_threads(device: torch.device, *, requested: int, num_workers: int, world: int) -> None:
     """CPU runs: ``requested`` compute threads (0: default), leaving a core to each data-loading process.
 
-    Oversubscribed OpenMP threads wait at every op's barrier for a descheduled thread (measured,
-    2 threads + 1 loader on 2 cores: 0.6-8 s per toy iteration instead of 0.2 s).
+    Oversubscribed OpenMP threads wait at every op's barrier for a descheduled thread
+    (benchmarks/RESULTS.md, "Engine notes").
     """
     if device.type != "cpu":
         return
@@ -113,47 +117,28 @@ def _multi_process(gpus: int, nprocs: int) -> int:
     return n if n > 1 else 0
 
 
-def _resolve(entry: str | int, data: str | Path | None, profile: str | None):
-    from gcrepro.data import resolve_data
-    from gcrepro.entries import get_entry
-
-    entry_obj = get_entry(entry)
-    root, kind = resolve_data(data)
-    return entry_obj, root, kind, profile or ("toy" if kind == "toy" else "paper")
-
-
-def _build_model(entry_name: str, *, num_classes: int, cfg: TrainConfig) -> torch.nn.Module:
-    from gcrepro.modeling.build import build_model
-
-    return build_model(
-        entry_name,
-        num_classes=num_classes,
-        profile=cfg.profile,
-        gc_impl=cfg.gc_impl,
-        pretrained_backbone=cfg.pretrained_backbone,
-        **cfg.model,
-    )
-
-
-def _model_profile_changes(profile: str) -> dict[str, Any]:
-    """What the model's profile changes from the paper's model (input scale, widths)."""
-    from gcrepro.modeling.build import get_profile
-
-    return get_profile(profile).changes()
-
-
 def _trim_metrics_jsonl(path: Path, *, upto_iteration: int) -> None:
-    """On resume, drop log lines written after the checkpoint (they are redone)."""
+    """On resume, drop log lines written after the checkpoint (they are redone) and a torn last line."""
     if not path.is_file():
         return
     import json
 
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iteration"] <= upto_iteration]
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            iteration = json.loads(line)["iteration"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("%s: line %d is not a complete log line (an interrupted write?); dropped", path, number)
+            continue
+        if iteration <= upto_iteration:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 
 def train(
-    entry: str | int,
+    entry: str | int | RunSpec,
     *,
     data: str | Path | None = None,
     work_dir: str | Path,
@@ -167,51 +152,80 @@ def train(
     """Train a table entry; returns the final checkpoint (``WORK_DIR/checkpoints/iter_*.pth``).
 
     Args:
-        entry: entry name or table row (``gcrepro table list``).
+        entry: entry name or table row (``gcrepro table list``), or a resolved RunSpec (then
+            ``data``, ``profile``, ``overrides`` and ``options`` must not be given).
         data: dataset root (COCO 2017 layout or a toy set); None makes/reuses the toy set.
         work_dir: run folder: ``metrics.jsonl``, ``metrics.json``, ``checkpoints/``, ``log.txt``.
-        profile: "toy" | "paper"; default "toy" on toy data, "paper" on COCO.
+        profile: "toy" | "paper"; default "toy" on toy data, "paper" otherwise.
         gpus: 0 = CPU; 1 = one GPU in this process; N > 1 = N GPU workers (NCCL).
         nprocs: CPU worker processes (gloo) when gpus == 0.
-        overrides: ``["key=value", ...]`` or a dict: TrainConfig fields and ModelConfig keys.
-        resume: continue from ``WORK_DIR/checkpoints/latest.pth`` (a finished run returns at once).
+        overrides: ``["key=value", ...]`` or a dict: TrainConfig and ModelConfig fields.
+        resume: continue from ``WORK_DIR/checkpoints/latest.pth`` (a finished run returns at once); the
+            checkpoint's run spec must equal this one but for run options (num_workers, ...).
         options: TrainConfig fields by name (amp="bf16", channels_last=True, deterministic=True, seed=1, ...).
     """
-    # Bad keys/values fail here, at once, before any data is made or worker started.
-    parse_overrides(overrides)
-    parse_overrides({k: v for k, v in options.items() if v is not None}, source="option")
     if gpus < 0 or nprocs < 1:
         raise ConfigError(f"gpus={gpus}, nprocs={nprocs}: expected gpus >= 0 and nprocs >= 1")
+    if isinstance(entry, RunSpec):
+        if data is not None or profile is not None or overrides or options:
+            raise ConfigError("train(spec): a resolved RunSpec takes no data, profile, overrides or options")
+        spec = entry
+    else:
+        # Bad keys/values fail here, at once, before any data is made or worker started.
+        typed = {**parse_overrides(overrides),
+                 **parse_overrides({k: v for k, v in options.items() if v is not None}, source="option")}
+        spec = resolve_run(entry, data=data, profile=profile, overrides=typed)
+    return run_training(spec, work_dir=work_dir, gpus=gpus, nprocs=nprocs, resume=resume)
+
+
+def run_training(spec: RunSpec | dict[str, Any], *, work_dir: str | Path, gpus: int = 0, nprocs: int = 1,
+                 resume: bool = False) -> Path:
+    """Train exactly ``spec`` (a RunSpec, or its ``to_dict()`` in launched workers)."""
+    if not isinstance(spec, RunSpec):
+        spec = RunSpec.from_dict(spec, where="run_training")
     n = _multi_process(gpus, nprocs)
     if n:
         from gcrepro.engine.launch import launch
 
-        kwargs = dict(entry=entry, data=data, work_dir=work_dir, profile=profile, gpus=gpus, nprocs=nprocs,
-                      overrides=overrides, resume=resume, **options)
-        return Path(launch(n, target="gcrepro.engine.api:train", kwargs=kwargs))
-    return _train_here(entry, data=data, work_dir=Path(work_dir), profile=profile, gpus=gpus,
-                       overrides=overrides, resume=resume, options=options)
+        kwargs = dict(spec=spec.to_dict(), work_dir=str(work_dir), gpus=gpus, nprocs=nprocs, resume=resume)
+        return Path(launch(n, target="gcrepro.engine.api:run_training", kwargs=kwargs))
+    return _train_here(spec, work_dir=Path(work_dir), gpus=gpus, resume=resume)
 
 
-def _train_here(
-    entry: str | int,
-    *,
-    data: str | Path | None,
-    work_dir: Path,
-    profile: str | None,
-    gpus: int,
-    overrides: list[str] | dict[str, Any] | None,
-    resume: bool,
-    options: dict[str, Any],
-) -> Path:
+def _check_resume(checkpoint: Path, state: dict[str, Any], spec: RunSpec) -> None:
+    """A resumed run must be the same run: the checkpoint's spec equals ``spec`` but for run options."""
+    from gcrepro.engine.config import RUN_OPTIONS
+    from gcrepro.fields import to_plain
+    from gcrepro.runspec import MODEL_RUN_OPTIONS
+
+    saved = ckpt.spec_from_checkpoint(state, checkpoint)
+    if saved is None:
+        logger.warning("resume: %s holds no run spec (an older gcrepro); its settings are not checked", checkpoint)
+        return
+    changed = []
+    for part, skip in (("model", MODEL_RUN_OPTIONS), ("train", RUN_OPTIONS)):
+        old, new = to_plain(getattr(saved, part)), to_plain(getattr(spec, part))
+        changed += [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in skip and old.get(k) != new[k]]
+    if saved.entry != spec.entry or saved.profile != spec.profile:
+        changed.insert(0, f"entry/profile: {saved.entry}/{saved.profile} -> {spec.entry}/{spec.profile}")
+    if saved.data.val_sha256 != spec.data.val_sha256 or saved.data.kind != spec.data.kind:
+        changed.append(f"data: {saved.data.root} -> {spec.data.root} (other annotations)")
+    if changed:
+        raise ConfigError(f"--resume: {checkpoint} was trained with other settings ({'; '.join(changed[:3])}); "
+                          "resume with the same settings (run options such as num_workers may change) or use "
+                          "a new --work-dir")
+
+
+def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int, resume: bool) -> Path:
     from gcrepro.data import CocoInstances, build_loader
     from gcrepro.engine.epoch_data import EpochBatches
     from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer, milestone_iters, scale_lr
     from gcrepro.engine.trainer import Checkpointer, MetricsLogger, ProgressBar, Trainer
+    from gcrepro.entries import get_entry
+    from gcrepro.modeling.build import build_detector
 
-    entry_obj, root, kind, profile = _resolve(entry, data, profile)
-    cfg = make_config(entry=entry_obj.name, epochs=entry_obj.epochs, lr_steps=entry_obj.lr_steps, profile=profile,
-                      data=str(root), data_kind=kind, options=options, overrides=overrides)
+    cfg = spec.train
+    entry = get_entry(spec.entry)
     with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
         was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -222,21 +236,27 @@ def _train_here(
                     f"{work_dir} already holds checkpoints ({latest.name}); pass --resume to continue that run "
                     "or choose a new --work-dir"
                 )
-            logger.info("train %s (row %d) on %s data at %s, profile %s, %d process(es) on %s",
-                        entry_obj.name, entry_obj.row, kind, root, profile, world, device)
-            diffs = differences_from_paper(cfg, epochs=entry_obj.epochs, lr_steps=entry_obj.lr_steps)
+            state = ckpt.load_checkpoint(latest, map_location="cpu") if latest is not None else None
+            if state is not None:
+                _check_resume(latest, state, spec)
+            logger.info("train %s (row %d) on %s, profile %s, %d process(es) on %s; numbers labelled %s",
+                        entry.name, entry.row, spec.data.root, spec.profile, world, device, spec.label)
+            diffs = spec.differences_from_paper()
             if diffs:
-                logger.info("recipe differs from the paper's (SPEC §4) in: %s",
+                logger.info("differs from the paper (SPEC §2-4) in: %s",
                             ", ".join(f"{k}={v['used']} (paper {v['paper']})" for k, v in diffs.items()))
             _set_deterministic(cfg.deterministic, device)
 
             # Model init: the same seed on every rank (DDP also broadcasts rank 0's weights).
             _seed_everything(cfg.seed)
-            dataset = CocoInstances(root, "train", train=True, seed=cfg.seed)
-            model = _build_model(entry_obj.name, num_classes=dataset.num_classes, cfg=cfg).to(device)
+            dataset = CocoInstances(spec.data.root, "train", train=True, seed=cfg.seed)
+            if dataset.num_classes != spec.model.num_classes:
+                raise ConfigError(f"{dataset.ann_file}: {dataset.num_classes - 1} categories, but the val split "
+                                  f"has {spec.model.num_classes - 1}; train and val need the same categories")
+            model = build_detector(spec.model, pretrained_backbone=cfg.pretrained_backbone).to(device)
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            model = dist.prepare_sync_bn(model, norm=entry_obj.norm, device=device)
+            model = dist.prepare_sync_bn(model, norm=spec.model.norm, device=device)
             # Training streams (RPN / RoI sampling): one per rank.
             _seed_everything(cfg.seed + rank)
 
@@ -263,22 +283,22 @@ def _train_here(
                         max_iter, lr, list(schedule.milestones))
 
             trainer = Trainer(
-                model=model, optimizer=optimizer, schedule=schedule, data=data_epochs, cfg=cfg, device=device,
-                work_dir=work_dir, max_iter=max_iter, scaler=scaler,
+                model=model, optimizer=optimizer, schedule=schedule, data=data_epochs, spec=spec, device=device,
+                max_iter=max_iter, scaler=scaler,
                 hooks=[
                     MetricsLogger(work_dir / "metrics.jsonl", interval=cfg.log_interval),
-                    ProgressBar(desc=entry_obj.name),
+                    ProgressBar(desc=entry.name),
                     Checkpointer(work_dir, interval=cfg.checkpoint_interval, keep=cfg.keep_checkpoints),
                 ],
             )
-            if latest is not None:
-                state = ckpt.load_checkpoint(latest, map_location="cpu")
+            if state is not None:
                 trainer.load_state_dict(state)
                 trainer.last_checkpoint = latest
                 logger.info("resumed from %s: iteration %d, epoch %d (+%d batches)",
                             latest, trainer.iteration, trainer.epoch, trainer.iter_in_epoch)
                 if rank == 0:
                     _trim_metrics_jsonl(work_dir / "metrics.jsonl", upto_iteration=trainer.iteration)
+                del state
             elif rank == 0:  # a fresh run: no log lines or metrics of an earlier, checkpoint-less attempt
                 (work_dir / "metrics.jsonl").unlink(missing_ok=True)
                 (work_dir / "metrics.json").unlink(missing_ok=True)
@@ -287,8 +307,7 @@ def _train_here(
                 return ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
             trainer.run()
 
-            _write_train_metrics(work_dir, trainer=trainer, entry=entry_obj.name, kind=kind, lr=lr, diffs=diffs,
-                                 iters_per_epoch=iters_per_epoch)
+            _write_train_metrics(work_dir, trainer=trainer, lr=lr, diffs=diffs, iters_per_epoch=iters_per_epoch)
             final = ckpt.checkpoint_dir(work_dir) / ckpt.iter_checkpoint_name(trainer.iteration)
             logger.info("finished %d iterations; final checkpoint %s", trainer.iteration, final)
             return final
@@ -296,40 +315,28 @@ def _train_here(
             torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _write_train_metrics(
-    work_dir: Path,
-    *,
-    trainer: Any,
-    entry: str,
-    kind: str,
-    lr: float,
-    diffs: dict[str, Any],
-    iters_per_epoch: int,
-) -> None:
-    """Training's part of metrics.json (SPEC §5): memory (max over ranks), s/iter, provenance, config."""
-    cfg, device, world = trainer.cfg, trainer.device, dist.get_world_size()
+def _write_train_metrics(work_dir: Path, *, trainer: Any, lr: float, diffs: dict[str, Any],
+                         iters_per_epoch: int) -> None:
+    """Training's part of metrics.json (SPEC §5): memory (max over ranks), s/iter, provenance."""
+    from gcrepro.run_metrics import write_train_metrics
+
+    cfg, device, world = trainer.spec.train, trainer.device, dist.get_world_size()
     mem, mem_kind = peak_memory_bytes(device)
     mem = dist.reduce_max(float(mem), device)  # collective: every rank takes part
     if dist.get_rank() != 0:
         return
     s_per_iter = trainer.timer.mean()
-    config = cfg.to_dict()
-    config.update(
-        differs_from_paper=diffs, lr=lr, total_batch=cfg.total_batch(world), world_size=world,
-        iters_per_epoch=iters_per_epoch, model_profile_changes=_model_profile_changes(cfg.profile),
+    write_train_metrics(
+        work_dir, trainer.spec, iterations=trainer.iteration, mem_gb=round(mem / GIB, 3), mem_kind=mem_kind,
+        train_s_per_iter=round(s_per_iter, 4) if s_per_iter is not None else None,
+        train_images_per_s=round(cfg.total_batch(world) / s_per_iter, 3) if s_per_iter else None,
+        train={"lr": lr, "total_batch": cfg.total_batch(world), "world_size": world,
+               "iters_per_epoch": iters_per_epoch, "differs_from_paper": diffs},
+        provenance=run_info(device, world),
     )
-    update_metrics_json(work_dir, {
-        "entry": entry,
-        "profile": cfg.profile,
-        "data": kind,
-        "iterations": trainer.iteration,
-        "mem_gb": round(mem / GIB, 3),
-        "mem_kind": mem_kind,
-        "train_s_per_iter": round(s_per_iter, 4) if s_per_iter is not None else None,
-        "train_images_per_s": round(cfg.total_batch(world) / s_per_iter, 3) if s_per_iter else None,
-        **run_info(device, world),
-        "config": config,
-    })
+
+
+EVAL_OPTIONS = ("num_workers", "cpu_threads", "amp", "channels_last", "gc_impl")
 
 
 def evaluate(
@@ -342,21 +349,66 @@ def evaluate(
     gpus: int = 0,
     nprocs: int = 1,
     **options: Any,
-) -> dict[str, Any]:
-    """COCO bbox + segm evaluation of a checkpoint on the val split; returns the merged metrics.json.
+) -> RunMetrics | None:
+    """COCO bbox + segm evaluation of a checkpoint on the val split; returns the run's metrics.json, typed
+    (None inside a torchrun / launched worker).
 
-    Writes ``WORK_DIR/results/{bbox,segm}.json`` and merges ``bbox``, ``segm``, ``inf_fps`` into
-    ``WORK_DIR/metrics.json``. ``options``: ``num_workers``, ``amp``, ``channels_last``.
+    The model is the one the checkpoint's run spec describes. ``data``: the val set (default: the
+    dataset it was trained on). ``profile`` is only needed for checkpoints of a gcrepro older than
+    the run spec (it must match otherwise). Writes ``WORK_DIR/results/{bbox,segm}.json`` and merges
+    ``bbox``, ``segm``, ``inf_fps`` into ``WORK_DIR/metrics.json``. ``options``: EVAL_OPTIONS.
     """
+    unknown = sorted(set(options) - set(EVAL_OPTIONS))
+    if unknown:
+        raise ConfigError(f"evaluate: unknown option {unknown[0]!r}; allowed: {', '.join(EVAL_OPTIONS)}")
+    parse_overrides({k: v for k, v in options.items() if v is not None}, source="option")
     n = _multi_process(gpus, nprocs)
     if n:
         from gcrepro.engine.launch import launch
 
-        kwargs = dict(entry=entry, checkpoint=checkpoint, data=data, work_dir=work_dir, profile=profile,
-                      gpus=gpus, nprocs=nprocs, **options)
-        return launch(n, target="gcrepro.engine.api:evaluate", kwargs=kwargs)
-    return _evaluate_here(entry, checkpoint=Path(checkpoint), data=data, work_dir=Path(work_dir), profile=profile,
-                          gpus=gpus, options=options)
+        kwargs = dict(entry=entry, checkpoint=str(checkpoint), data=None if data is None else str(data),
+                      work_dir=str(work_dir), profile=profile, gpus=gpus, nprocs=nprocs, **options)
+        launch(n, target="gcrepro.engine.api:evaluate", kwargs=kwargs)
+    else:
+        _evaluate_here(entry, checkpoint=Path(checkpoint), data=data, work_dir=Path(work_dir), profile=profile,
+                       gpus=gpus, options={k: v for k, v in options.items() if v is not None})
+    if dist.launched_by_torchrun():
+        return None  # a worker: the process that launched it (or rank 0's caller) reads metrics.json
+    from gcrepro.run_metrics import read_metrics
+
+    return read_metrics(Path(work_dir))
+
+
+def trained_spec(entry: str | int, checkpoint: Path, state: dict[str, Any], *, profile: str | None = None,
+                 data: str | Path | None = None) -> RunSpec:
+    """The run spec of a checkpoint of ``entry``: the one it records, or (older gcrepro) one resolved from
+    the settings it records. A checkpoint of another entry or profile raises ConfigError naming both."""
+    from gcrepro.entries import get_entry
+
+    name = get_entry(entry).name
+    spec = ckpt.spec_from_checkpoint(state, checkpoint)
+    if spec is None:
+        spec = ckpt.legacy_spec(state, checkpoint, entry=name, profile=profile, data=data)
+    if spec.entry != name:
+        raise ConfigError(f"checkpoint {checkpoint} was trained for {spec.entry}, not {name}")
+    if profile is not None and profile != spec.profile:
+        raise ConfigError(f"checkpoint {checkpoint} was trained with profile {spec.profile!r}, not {profile!r}")
+    return spec
+
+
+def eval_data_of(spec: RunSpec, data: str | Path | None) -> RunSpec:
+    """``spec`` on the val set it is evaluated on: ``data``, or the dataset it was trained on."""
+    from gcrepro.data.identity import describe_data
+
+    if data is None:
+        if not Path(spec.data.root).is_dir():
+            raise ConfigError(f"the dataset this model was trained on, {spec.data.root}, is gone; pass --data")
+        data = spec.data.root
+    described = describe_data(data, splits=("val",))
+    if str(data) == spec.data.root and described.val_sha256 != spec.data.val_sha256:
+        logger.warning("%s: the val annotations changed since training (fingerprint %s, now %s)",
+                       data, spec.data.val_sha256[:12], described.val_sha256[:12])
+    return spec.with_data(described)
 
 
 def _evaluate_here(
@@ -368,32 +420,25 @@ def _evaluate_here(
     profile: str | None,
     gpus: int,
     options: dict[str, Any],
-) -> dict[str, Any]:
+) -> None:
     from gcrepro.data import CocoInstances, build_loader
     from gcrepro.engine.evaluate import COCOEvaluator
     from gcrepro.engine.inference import run_inference
+    from gcrepro.modeling.build import build_detector
+    from gcrepro.run_metrics import write_eval_metrics
 
     state = ckpt.load_checkpoint(checkpoint, map_location="cpu")
     checkpoint_iteration = state.get("iteration")
-    saved = TrainConfig.from_dict(state["config"]) if isinstance(state.get("config"), dict) else None
-    if data is None and saved is not None and saved.data_kind == "coco" and saved.data:
-        data = saved.data  # a COCO-trained checkpoint evaluates on its own dataset, not the toy default
-        logger.info("evaluate: no --data given; using the checkpoint's dataset %s", data)
-    entry_obj, root, kind, profile = _resolve(entry, data, profile or (saved.profile if saved else None))
-    if saved is not None and saved.entry and saved.entry != entry_obj.name:
-        raise ValueError(f"checkpoint {checkpoint} was trained for {saved.entry}, not {entry_obj.name}")
-    cfg = dataclasses.replace(saved or TrainConfig(), entry=entry_obj.name, profile=profile, data=str(root), data_kind=kind)
-    allowed = ("num_workers", "cpu_threads", "amp", "channels_last", "gc_impl")
-    eval_opts = {k: options[k] for k in allowed if options.get(k) is not None}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"evaluate: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
-    cfg = dataclasses.replace(cfg, **eval_opts)
+    spec = trained_spec(entry, checkpoint, state, profile=profile, data=data)
+    on = eval_data_of(spec, data)
+    # Evaluation-time run options (not what was trained): loader processes, threads, precision, layout, op.
+    cfg = dataclasses.replace(spec.train, **{k: v for k, v in options.items() if k != "gc_impl"})
+    model_config = dataclasses.replace(spec.model, gc_impl=options.get("gc_impl", spec.model.gc_impl))
 
     with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
-        dataset = CocoInstances(root, "val", train=False)
-        model = _build_model(entry_obj.name, num_classes=dataset.num_classes, cfg=cfg)
+        dataset = CocoInstances(on.data.root, "val", train=False)
+        model = build_detector(model_config)
         model.load_state_dict(ckpt.model_state_from(state))
         del state
         model = model.to(device)
@@ -402,40 +447,18 @@ def _evaluate_here(
         loader = build_loader(dataset, batch_size=1, train=False, num_workers=cfg.num_workers, seed=cfg.seed,
                               distributed=world > 1, pin_memory=device.type == "cuda")
         evaluator = COCOEvaluator(dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=work_dir / "results")
-        logger.info("evaluate %s from %s on %s val (%d images), %d process(es) on %s",
-                    entry_obj.name, checkpoint, kind, len(dataset), world, device)
+        logger.info("evaluate %s from %s on %s (%d images), %d process(es) on %s; numbers labelled %s",
+                    spec.entry, checkpoint, on.data.root, len(dataset), world, device, on.label)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         timing = run_inference(model, loader, evaluator, device=device, amp_dtype=amp)
         metrics = evaluator.evaluate()
         if rank != 0:
-            return {}
+            return
         fps = timing.fps
         eval_info = {"checkpoint": str(checkpoint), "checkpoint_iteration": checkpoint_iteration,
-                     "images": len(dataset), "world_size": world,
-                     "inf_images_timed": timing.images_timed, **run_info(device, world)}
-        provenance = {k: eval_info[k] for k in ("hardware", "versions", "git_commit")}
-        current = _read_metrics(work_dir)
-        update = {
-            "entry": entry_obj.name,
-            "profile": profile,
-            "data": kind,
-            "bbox": metrics["bbox"],
-            "segm": metrics["segm"],
-            "inf_fps": round(fps, 3) if fps is not None else None,
-            "eval": eval_info,
-            **{k: v for k, v in provenance.items() if k not in current},
-        }
-        merged = update_metrics_json(work_dir, update)
-        logger.info("%s: box AP %.1f, mask AP %.1f, %.2f fps (batch 1, whole pipeline, %s)", entry_obj.name,
-                    metrics["bbox"]["AP"] or 0.0, metrics["segm"]["AP"] or 0.0, fps or 0.0, device)
-        return merged
-
-
-def _read_metrics(work_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = work_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
+                     "images": len(dataset), "world_size": world, "inf_images_timed": timing.images_timed,
+                     "options": options, **run_info(device, world)}
+        write_eval_metrics(work_dir, spec, eval_data=on.data, bbox=metrics["bbox"], segm=metrics["segm"],
+                                  inf_fps=round(fps, 3) if fps is not None else None, eval=eval_info)
+        logger.info("%s: box AP %.1f, mask AP %.1f (%s), %.2f fps (batch 1, whole pipeline, %s)", spec.entry,
+                    metrics["bbox"]["AP"] or 0.0, metrics["segm"]["AP"] or 0.0, on.label, fps or 0.0, device)

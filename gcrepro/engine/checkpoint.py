@@ -6,8 +6,8 @@ complete: it is written to a temporary file in the same folder, flushed and fsyn
 into place with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsynced.
 
 Everything stored is a tensor or a plain Python type, so the safe loader reads it: RNG states are
-tensors (torch, CUDA, numpy's key array) and lists of ints (Python's ``random``), and the config is
-a dict of plain values.
+tensors (torch, CUDA, numpy's key array) and lists of ints (Python's ``random``), and the run spec
+(``spec``: gcrepro.runspec.RunSpec.to_dict) is a dict of plain values.
 """
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from gcrepro.atomic import atomic_open, fsync_dir
+
+if TYPE_CHECKING:
+    from gcrepro.runspec import RunSpec
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pth"
@@ -96,6 +99,40 @@ def model_state_from(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
         return checkpoint["state_dict"]
     return checkpoint
+
+
+def spec_from_checkpoint(state: dict[str, Any], path: str | Path) -> "RunSpec | None":
+    """The RunSpec a gcrepro checkpoint records; None for a checkpoint written before the run spec."""
+    from gcrepro.runspec import RunSpec
+
+    if "spec" in state:
+        return RunSpec.from_dict(state["spec"], where=f"checkpoint {path}")
+    return None
+
+
+def legacy_spec(state: dict[str, Any], path: str | Path, *, entry: str, profile: str | None,
+                data: str | Path | None) -> "RunSpec":
+    """A run spec for a checkpoint of a gcrepro older than the run spec: resolved from the settings it
+    records (``config``: profile, data, model and recipe overrides) with today's defaults for the rest."""
+    import logging
+
+    from gcrepro.engine.config import ConfigError
+    from gcrepro.runspec import MODEL_FIELDS, TRAIN_FIELDS, resolve_run
+
+    config = state.get("config")
+    if not isinstance(config, dict):
+        raise ConfigError(f"checkpoint {path}: no run spec (field 'spec') and no 'config'; is it a gcrepro "
+                          "checkpoint? (weights only: build the model with gcrepro.build_model and load them)")
+    overrides = {k: v for k, v in config.items() if k in TRAIN_FIELDS or k in MODEL_FIELDS}
+    overrides.update({k: v for k, v in (config.get("model") or {}).items() if k in MODEL_FIELDS})
+    entry = config.get("entry") or entry
+    saved_data = data if data is not None else (config.get("data") or None)
+    logging.getLogger("gcrepro").warning(
+        "checkpoint %s was written by an older gcrepro (no run spec): its model is rebuilt from entry %s, "
+        "profile %s and its recorded overrides, with today's defaults for the rest", path, entry,
+        profile or config.get("profile"))
+    return resolve_run(entry, data=saved_data, profile=profile or config.get("profile"),
+                       overrides=overrides, source=f"checkpoint {path} config")
 
 
 # --- RNG states as tensors / plain types -------------------------------------------------------

@@ -20,13 +20,11 @@ _SET_HELP = (
 )
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, *, data_help: str, profile_help: str) -> None:
     p.add_argument("entry", help="table entry name or row number (gcrepro table list)")
-    p.add_argument("--data", default=None,
-                   help="dataset root in the COCO 2017 layout (default: the toy set, made on first use)")
+    p.add_argument("--data", default=None, help=data_help)
     p.add_argument("--work-dir", type=Path, default=None, help="run folder (default: runs/ENTRY)")
-    p.add_argument("--profile", choices=("toy", "paper"), default=None,
-                   help="model/recipe profile (default: toy on toy data, paper on COCO)")
+    p.add_argument("--profile", choices=("toy", "paper"), default=None, help=profile_help)
     p.add_argument("--gpus", type=int, default=0,
                    help="GPUs: 0 = CPU (default), 1 = this process, N > 1 = N worker processes (NCCL)")
     p.add_argument("--nprocs", type=int, default=1, help="CPU worker processes (gloo) when --gpus 0 (default 1)")
@@ -35,7 +33,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a table entry (SPEC §4 recipe)",
                            description="Train a table entry with the paper's recipe (toy profile on toy data).")
-    _add_common(train)
+    _add_common(train, data_help="dataset root in the COCO 2017 layout (default: the toy set, made on first use)",
+                profile_help="model/recipe profile (default: toy on toy data, paper otherwise)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     train.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoints/latest.pth")
     train.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16 uses a GradScaler)")
@@ -46,8 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="COCO bbox + segm evaluation of a checkpoint",
-                        description="Evaluate a checkpoint on the val split: results JSON, COCOeval, inference fps.")
-    _add_common(ev)
+                        description="Evaluate a checkpoint on the val split: results JSON, COCOeval, inference fps. "
+                        "The model is rebuilt from the run spec the checkpoint records.")
+    _add_common(ev, data_help="val set root in the COCO 2017 layout (default: the dataset the checkpoint was trained on)",
+                profile_help="only for checkpoints of a gcrepro older than the run spec (else it must match)")
     ev.add_argument("--checkpoint", type=Path, default=None,
                     help="checkpoint file (default: WORK_DIR/checkpoints/latest.pth)")
     ev.set_defaults(func=_eval)
@@ -76,8 +77,9 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from gcrepro.data.errors import DataError
     from gcrepro.engine.config import ConfigError
     from gcrepro.entries import EntryNotFound
+    from gcrepro.run_metrics import MetricsError
 
-    return (ConfigError, DataError, EntryNotFound, FileExistsError, FileNotFoundError)
+    return (ConfigError, DataError, EntryNotFound, MetricsError, FileExistsError, FileNotFoundError)
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
@@ -126,7 +128,7 @@ def _eval(args: argparse.Namespace) -> int:
         return _fail("eval", err, 2)
     except _run_errors() as err:
         return _fail("eval", err, 1)
-    box, segm = metrics.get("bbox", {}), metrics.get("segm", {})
-    print(f"box AP {box.get('AP')}  mask AP {segm.get('AP')}  inf fps {metrics.get('inf_fps')}  "
-          f"-> {work_dir / 'metrics.json'}")
+    if metrics is not None:
+        print(f"box AP {metrics.box_ap}  mask AP {metrics.mask_ap}  inf fps {metrics.inf_fps}  [{metrics.label_text}]"
+              f"  -> {metrics.path}")
     return 0

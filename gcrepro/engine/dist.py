@@ -79,11 +79,6 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if is_initialized() and get_world_size() > 1:
-        dist.barrier()
-
-
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (pickled), in rank order; ``[obj]`` without a process group."""
     if not is_initialized() or get_world_size() == 1:
@@ -138,21 +133,14 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def prepare_sync_bn(model: nn.Module, *, norm: str, device: torch.device) -> nn.Module:
-    """SyncBN entries (SPEC §2): keep the model's SyncBatchNorm layers on GPUs; per-process BN on CPU.
+    """SyncBN entries (SPEC §2) on several CPU processes: per-process BN, with a log line.
 
-    gcrepro's models already hold ``gcrepro.modeling.norm.SyncBatchNorm`` where statistics move
-    (and FrozenStatsBatchNorm2d elsewhere, which must NOT be converted), so nothing is converted on
-    GPUs; a SyncBN entry whose model holds no SyncBatchNorm (a plain torchvision model) gets its
-    ``nn.BatchNorm2d`` layers converted there. On CPU with several gloo ranks the SyncBatchNorm
-    layers become ``nn.BatchNorm2d`` (per-process statistics; same state-dict keys), with a log line.
+    gcrepro's models already hold ``gcrepro.modeling.norm.SyncBatchNorm`` where statistics move (and
+    FrozenStatsBatchNorm2d elsewhere); on GPUs they stay. DDP refuses SyncBatchNorm on CPU, so with
+    several gloo ranks the SyncBatchNorm layers become ``nn.BatchNorm2d`` (same state-dict keys).
     """
-    if norm != "syncbn":
-        return model
     n_sync = count_sync_bn(model)
-    if n_sync == 0 and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        logger.info("SyncBN: converted %d BatchNorm layers to SyncBatchNorm", count_sync_bn(model))
-    if device.type != "cuda" and get_world_size() > 1 and n_sync:
+    if norm == "syncbn" and device.type != "cuda" and get_world_size() > 1 and n_sync:
         model = revert_sync_batchnorm(model)
         logger.info(
             "SyncBN on CPU: %d SyncBatchNorm layers normalise with per-process batch statistics "

@@ -23,11 +23,11 @@ from pycocotools.cocoeval import COCOeval
 
 from gcrepro.engine import dist
 from gcrepro.atomic import write_json_atomic
+from gcrepro.run_metrics import COCO_KEYS
 
 logger = logging.getLogger(__name__)
 
-# COCOeval.stats order (pycocotools summarize()).
-STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_KEYS = COCO_KEYS  # COCOeval.stats order (pycocotools summarize())
 IOU_TYPES = ("bbox", "segm")
 MASK_THRESHOLD = 0.5  # SPEC §3: mask probabilities binarised at 0.5
 

@@ -2,12 +2,11 @@
 
 Each worker is a fresh ``python -m gcrepro.engine.worker SPEC.json`` process that imports and
 runs LIBRARY code: a ``gcrepro.*`` function given as ``"module:function"`` plus JSON keyword
-arguments, or the ``gcrepro`` command line with an argv list. Functions defined in a notebook
-cannot be sent to workers (they do not pickle), so none are accepted.
+arguments. Functions defined in a notebook cannot be sent to workers (they do not pickle), so none
+are accepted.
 
     from gcrepro.engine.launch import launch
-    launch(2, target="gcrepro.engine.api:train_worker", kwargs={...})   # returns rank 0's result
-    launch(2, argv=["train", "mask_rcnn_r50_fpn_1x", "--work-dir", "runs/r1"])
+    launch(2, target="gcrepro.engine.api:run_training", kwargs={...})   # returns rank 0's result
 
 Workers get ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT`` (as torchrun sets them) and, unless already set, ``OMP_NUM_THREADS`` = cores /
@@ -100,28 +99,24 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 def launch(
     nprocs: int,
     *,
-    target: str | None = None,
+    target: str,
     kwargs: dict[str, Any] | None = None,
-    argv: list[str] | None = None,
     master_port: int | None = None,
     env: dict[str, str] | None = None,
 ) -> Any:
-    """Run ``target(**kwargs)`` (or ``gcrepro`` ``argv``) in ``nprocs`` local workers; returns rank 0's result.
+    """Run ``target(**kwargs)`` in ``nprocs`` local workers; returns rank 0's result.
 
     The result is what the target returned on rank 0, passed back as JSON (a ``Path`` comes back
-    as a string); ``argv`` runs return the exit code 0 (a failure raises LaunchError).
+    as a string); a failure raises LaunchError.
     """
     if nprocs < 1:
         raise ValueError(f"launch: nprocs must be >= 1, got {nprocs}")
-    if (target is None) == (argv is None):
-        raise ValueError("launch: give exactly one of target='gcrepro.module:function' or argv=[...]")
-    if target is not None:
-        check_target(target)
+    check_target(target)
     port = master_port or free_port()
     with tempfile.TemporaryDirectory(prefix="gcrepro-launch-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         result_path = Path(tmp) / "result.json"
-        spec = {"target": target, "kwargs": kwargs or {}, "argv": argv, "result": str(result_path)}
+        spec = {"target": target, "kwargs": kwargs or {}, "result": str(result_path)}
         spec_path.write_text(json.dumps(spec, default=_json_default))
         procs: list[subprocess.Popen] = []
         tails: list[deque[str]] = []
@@ -173,8 +168,6 @@ def launch(
             rank, rc = failed
             last = _last_error_line(tails[rank])
             raise LaunchError(f"worker rank {rank} of {nprocs} exited with code {rc}: {last}")
-        if argv is not None:
-            return 0
         if not result_path.is_file():
             raise LaunchError("worker rank 0 finished without writing its result")
         return json.loads(result_path.read_text())["result"]

@@ -8,12 +8,10 @@
 - Inference (fps): batch 1, whole pipeline (loading, forward, post-processing), after warm-up
   images; measured in :mod:`gcrepro.engine.inference`.
 
-``metrics.json`` is shared by training and evaluation: each writes its keys and keeps the
-other's (read, merge, atomic replace).
+They are written to ``metrics.json`` by :mod:`gcrepro.run_metrics`.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -24,9 +22,7 @@ from typing import Any
 
 import torch
 
-from gcrepro.atomic import write_json_atomic
 
-METRICS_JSON = "metrics.json"
 GIB = 1024**3
 
 
@@ -124,20 +120,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
-
-
-def update_metrics_json(work_dir: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``updates`` into ``WORK_DIR/metrics.json`` (top-level keys replaced) atomically."""
-    path = Path(work_dir) / METRICS_JSON
-    current: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            current = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            current = {}
-    current.update(updates)
-    write_json_atomic(path, current)
-    return current
 
 
 def run_info(device: torch.device, world_size: int) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from torch import nn
 
 from gcrepro.engine import checkpoint as ckpt
 from gcrepro.engine import dist
-from gcrepro.engine.config import TrainConfig
 from gcrepro.engine.epoch_data import EpochBatches
 from gcrepro.engine.measure import IterTimer, peak_memory_bytes
 from gcrepro.engine.recipe import WarmupStepSchedule
+from gcrepro.runspec import RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,8 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         schedule: WarmupStepSchedule,
         data: EpochBatches,
-        cfg: TrainConfig,
+        spec: RunSpec,
         device: torch.device,
-        work_dir: str | Path,
         max_iter: int,
         scaler: torch.amp.GradScaler | None = None,
         hooks: list[Hook] | None = None,
@@ -96,19 +95,19 @@ class Trainer:
         self.optimizer = optimizer
         self.schedule = schedule
         self.data = data
-        self.cfg = cfg
+        self.spec = spec
+        self.cfg = spec.train
         self.device = device
-        self.work_dir = Path(work_dir)
         self.max_iter = max_iter
         self.scaler = scaler
         self.hooks = list(hooks or [])
         self.iteration = 0  # optimiser steps done
         self.epoch = 0  # current epoch (0-based)
         self.iter_in_epoch = 0  # batches of the current epoch done
-        self.timer = IterTimer(skip=cfg.timing_skip_iters)
+        self.timer = IterTimer(skip=self.cfg.timing_skip_iters)
         self.last_checkpoint: Path | None = None
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}
-        self.amp_dtype = amp.get(cfg.amp)
+        self.amp_dtype = amp.get(self.cfg.amp)
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     # --- state ---------------------------------------------------------------------------------
@@ -127,7 +126,7 @@ class Trainer:
             "iter_in_epoch": self.iter_in_epoch,
             "world_size": dist.get_world_size(),
             "rng": rng_states,  # one entry per rank
-            "config": self.cfg.to_dict(),
+            "spec": self.spec.to_dict(),  # what this run is (gcrepro.runspec)
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

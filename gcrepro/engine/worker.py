@@ -1,7 +1,7 @@
 """A worker process started by :func:`gcrepro.engine.launch.launch`.
 
 ``python -m gcrepro.engine.worker SPEC.json``: the spec names a library function
-(``"gcrepro.module:function"`` + JSON kwargs) or a ``gcrepro`` argv list. Rank 0 writes the
+(``"gcrepro.module:function"`` + JSON kwargs). Rank 0 writes the
 function's return value to the spec's result file (JSON, atomically).
 """
 from __future__ import annotations
@@ -30,10 +30,6 @@ def run(spec_path: str) -> int:
     from gcrepro.engine.launch import check_target
 
     spec = json.loads(Path(spec_path).read_text())
-    if spec.get("argv") is not None:
-        from gcrepro.cli import main
-
-        return int(main(list(spec["argv"])) or 0)
     target = spec["target"]
     check_target(target)
     module_name, _, func_name = target.partition(":")

@@ -19,17 +19,10 @@ class GCNetDetector(MaskRCNN):
 
     Train mode: ``model(images, targets) -> dict of losses``; eval mode: ``model(images) -> list of
     dict(boxes [K, 4] xyxy in input-image pixels, labels [K], scores [K], masks [K, 1, H, W] probs)``.
-    ``gcrepro_entry`` (the table row or None), ``gcrepro_config`` (``ModelConfig``) and
-    ``gcrepro_profile`` (``Profile``) record what was built.
+    ``gcrepro_config`` (``ModelConfig``) records what was built.
     """
 
     def __init__(self, *, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module,
-                 transform: GeneralizedRCNNTransform, entry=None, config=None, profile=None) -> None:
+                 transform: GeneralizedRCNNTransform, config=None) -> None:
         GeneralizedRCNN.__init__(self, backbone, rpn, roi_heads, transform)  # not MaskRCNN.__init__
-        self.gcrepro_entry = entry
         self.gcrepro_config = config
-        self.gcrepro_profile = profile
-
-    @property
-    def is_cascade(self) -> bool:
-        return hasattr(self.roi_heads, "box_heads")
