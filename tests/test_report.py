@@ -70,6 +70,10 @@ def test_report_rows_deltas_gains_and_toy_labels(tmp_path: Path) -> None:
     assert by_row.loc[7, "delta_mask_ap"] == pytest.approx(33.0 - e[7].paper_mask_ap)
     assert by_row.loc[8, "gc_gain_box_ap"] == pytest.approx(39.9 - 36.2)
 
+    # mmdetection's public re-run beside the paper's, where mmdetection has the row (not row 1, the fixBN baseline).
+    assert by_row.loc[8, "mmdet_box_ap"] == 40.4 and by_row.loc[8, "mmdet_mask_ap"] == 36.2
+    assert by_row.loc[2, "mmdet_box_ap"] == 39.7 and math.isnan(by_row.loc[1, "mmdet_box_ap"])
+
     # Failed entry: listed with its state, no numbers; paper numbers still there.
     assert by_row.loc[3, "state"] == "failed" and math.isnan(by_row.loc[3, "box_ap"])
     assert by_row.loc[3, "paper_box_ap"] == e[3].paper_box_ap
@@ -84,6 +88,7 @@ def test_report_rows_deltas_gains_and_toy_labels(tmp_path: Path) -> None:
     assert "labelled &#x27;toy&#x27;" in html and "NOT COCO numbers" in html
     assert "23.5\u00a0toy" in html and "3.5\u00a0toy" in html
     assert f"{39.9 - e[8].paper_box_ap:.1f}" in html
+    assert "configs/gcnet/metafile.yml" in html  # the re-run's source is named
     assert "background-color: rgba(46, 160, 67" in html  # a gain is green
     assert "background-color: rgba(218, 54, 51" in html  # a loss (row 7: 36.2 < 37.2) is red
     markdown = report.to_markdown(frame)
@@ -159,3 +164,17 @@ def test_coco_table_and_loss_log(tmp_path: Path) -> None:
     log.write_text('{"iteration": 1}\nnot json\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2"):
         curves.read_metrics_jsonl(log)
+
+
+def test_mmdet_zoo_names_released_files_and_numbers() -> None:
+    from gcrepro.mmdet_zoo import entry_for_file, mmdet_model_of, mmdet_models
+
+    models = mmdet_models()
+    assert len(models) == 19 and len({m.entry for m in models}) == 19
+    assert all(gcrepro.get_entry(m.entry).row == m.row for m in models)
+    r8 = mmdet_model_of("mask_rcnn_r50_fpn_syncbn_gc_r16_1x")
+    assert (r8.box_ap, r8.mask_ap) == (40.4, 36.2)
+    assert r8.weights_file == "mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5_1x_coco_20200202-587b99aa.pth"
+    assert entry_for_file("/dl/" + r8.weights_file) == r8.entry
+    assert entry_for_file("mask-rcnn_r50-syncbn-gcb-r16-c3-c5_fpn_1x_coco.pth") == r8.entry  # by config name
+    assert entry_for_file("my_model.pth") is None and mmdet_model_of("mask_rcnn_r50_fpn_1x") is None
