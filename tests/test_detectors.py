@@ -20,6 +20,7 @@ from gcrepro.modeling.build import FIELD_NAMES, TORCHVISION_CONVENTIONS, ModelCo
 from gcrepro.profiles import PROFILES
 from gcrepro.modeling.cascade import CascadeRoIHeads
 from gcrepro.modeling.context_block import ContextBlock
+from gcrepro.modeling.geometry import BoxGeometry
 from gcrepro.modeling.heads import UpstreamRegionProposalNetwork
 from gcrepro.modeling.norm import FrozenStatsBatchNorm2d
 
@@ -77,7 +78,8 @@ def _losses(model: nn.Module, images, targets) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def row1():
-    """torchvision's peer, our row 1 with its weights and torchvision's conventions, and the peer's losses."""
+    """torchvision's peer, our row 1 with its weights and ``conventions="torchvision"`` (plus torchvision's
+    training rules: TORCHVISION_CONVENTIONS), and the peer's losses."""
     torch.manual_seed(0)
     peer = _torchvision_peer(**PEER_FAST)
     with torch.no_grad():  # non-trivial frozen statistics; confident class scores so detections survive 0.05
@@ -141,8 +143,9 @@ def test_row1_upstream_box_beta_changes_only_the_box_loss(row1) -> None:
 
 def test_upstream_defaults_differ_from_torchvision_where_documented() -> None:
     c = ModelConfig()
+    assert c.conventions == "paper"  # mmdetection v1 geometry (gcrepro.modeling.conventions)
     assert c.box_smooth_l1_beta == 1.0 and c.rpn_allowed_border == 0.0 and c.rpn_min_pos_iou == 0.3
-    assert set(TORCHVISION_CONVENTIONS) <= set(FIELD_NAMES)
+    assert TORCHVISION_CONVENTIONS["conventions"] == "torchvision" and set(TORCHVISION_CONVENTIONS) <= set(FIELD_NAMES)
     assert all(getattr(c, k) != v for k, v in TORCHVISION_CONVENTIONS.items())
 
 
@@ -150,6 +153,8 @@ def test_upstream_defaults_differ_from_torchvision_where_documented() -> None:
 
 
 def _rpn(allowed_border, min_pos_iou) -> UpstreamRegionProposalNetwork:
+    """torchvision's anchors, coder and box geometry; upstream's anchor-target rules as given."""
+    from torchvision.models.detection._utils import BoxCoder
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.rpn import RPNHead
 
@@ -157,26 +162,29 @@ def _rpn(allowed_border, min_pos_iou) -> UpstreamRegionProposalNetwork:
         anchor_generator=AnchorGenerator(((32,),), ((1.0,),)), head=RPNHead(8, 1), fg_iou_thresh=0.7,
         bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
         pre_nms_top_n=dict(training=10, testing=10), post_nms_top_n=dict(training=10, testing=10),
-        nms_thresh=0.7, allowed_border=allowed_border, min_pos_iou=min_pos_iou)
+        nms_thresh=0.7, allowed_border=allowed_border, min_pos_iou=min_pos_iou, geometry=BoxGeometry(0.0),
+        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)), proposal_size_filter=None)
 
 
 def test_rpn_targets_upstream_rules() -> None:
     anchors = torch.tensor([[-10.0, 0, 30, 40],  # crosses the left border
                             [0.0, 0, 40, 40],  # inside, the best inside match of gt 0
                             [50.0, 50, 90, 90],  # inside, IoU 0 with gt 0; best (low) match of gt 1
-                            [60.0, 60, 100, 100]])  # touches the border (w = h = 100): inside
+                            [60.0, 60, 100, 100],  # reaches the border (w = h = 100): x2 < w fails, ignored
+                            [70.0, 10, 99, 30]])  # inside, IoU 0 with both
     gt = dict(boxes=torch.tensor([[-8.0, 0, 32, 40], [45.0, 45, 99, 199]]))
     up = _rpn(allowed_border=0.0, min_pos_iou=0.3)
     up._image_sizes = [(100, 100)]
     labels, matched = up.assign_targets_to_anchors([anchors], [gt])
     iou = box_ops.box_iou(gt["boxes"], anchors)
-    assert iou[0, 0] > 0.9 and iou[1, 2] < 0.3 and iou[1].max() == iou[1, 2]  # the set-up this test relies on
-    assert labels[0].tolist() == [-1.0, 1.0, 0.0, 0.0]  # outside ignored; gt 1's best IoU < 0.3: no positive
+    assert iou[0, 0] > 0.9 and iou[1, 2] < 0.3 and iou[1].max() == iou[1, 2] > iou[1, 3]  # the set-up
+    # outside ignored (upstream anchor_inside_flags: x1 >= 0, x2 < w); gt 1's best IoU < 0.3: no positive
+    assert labels[0].tolist() == [-1.0, 1.0, 0.0, -1.0, 0.0]
     torch.testing.assert_close(matched[0][1], gt["boxes"][0])
     # torchvision rules: all anchors, gt 1 gets its best anchor whatever the IoU
     tv_labels, _ = _rpn(allowed_border=None, min_pos_iou=None).assign_targets_to_anchors([anchors], [gt])
     base_labels, _ = RegionProposalNetwork.assign_targets_to_anchors(up, [anchors], [gt])
-    assert tv_labels[0].tolist() == base_labels[0].tolist() == [1.0, -1.0, 1.0, 0.0]
+    assert tv_labels[0].tolist() == base_labels[0].tolist() == [1.0, -1.0, 1.0, 0.0, 0.0]
 
 
 # ------------------------------------------------------------------ every row
@@ -355,7 +363,7 @@ def test_cascade_eval_boxes_from_stage3_scores_averaged(cascade_model) -> None:
     assert sum(len(r["boxes"]) for r in results) > 0
     start = 0
     for i, r in enumerate(results):
-        cand = box_ops.clip_boxes_to_image(boxes3[start:start + counts[i]], heads_image_shape(cascade_model, images, i))
+        cand = heads.geometry.clip(boxes3[start:start + counts[i]], heads_image_shape(cascade_model, images, i))
         p_avg = avg_logit_probs[start:start + counts[i]]
         for box, label, score in zip(r["boxes"], r["labels"], r["scores"]):
             hit = ((cand - box).abs().max(dim=1).values < 1e-4) & ((p_avg[:, label] - score).abs() < 1e-6)

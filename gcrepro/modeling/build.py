@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from gcrepro.entries import Entry, get_entry
-from gcrepro.modeling.config import FIELD_NAMES, TORCHVISION_CONVENTIONS, ModelConfig
+from gcrepro.modeling.config import CONVENTION_PRESETS, FIELD_NAMES, TORCHVISION_CONVENTIONS, ModelConfig
 
 
 def model_config(name_or_row: str | int | Entry, *, num_classes: int = 81, profile: str = "paper",
@@ -36,16 +36,15 @@ def model_config(name_or_row: str | int | Entry, *, num_classes: int = 81, profi
 
 
 def build_detector(config: ModelConfig, *, pretrained_backbone: str | None = None) -> nn.Module:
-    """Assemble the detector a ModelConfig describes from torchvision parts."""
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    """Assemble the detector a ModelConfig describes from torchvision parts; the parts that depend on
+    ``config.conventions`` come from :func:`gcrepro.modeling.conventions.convention_parts`."""
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.rpn import RPNHead
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-    from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     from gcrepro.modeling.backbone import build_resnet
     from gcrepro.modeling.cascade import CascadeRoIHeads
+    from gcrepro.modeling.conventions import convention_parts
     from gcrepro.modeling.detector import GCNetDetector
     from gcrepro.modeling.heads import (
         MaskRCNNRoIHeads, UpstreamRegionProposalNetwork, build_box_head, build_box_predictor, build_mask_head,
@@ -76,8 +75,8 @@ def build_detector(config: ModelConfig, *, pretrained_backbone: str | None = Non
         extra_blocks=LastLevelMaxPool(),  # P6 = max_pool2d(P5, 1, stride 2), upstream num_outs=5
         norm_layer=norm_layer(c.head_norm),  # rows 13-15: SyncBN in FPN convs, no conv bias
     )
-    anchor_generator = AnchorGenerator(
-        sizes=tuple((s,) for s in c.anchor_sizes), aspect_ratios=(tuple(c.anchor_ratios),) * len(c.anchor_sizes))
+    parts = convention_parts(c)
+    anchor_generator = parts.anchor_generator
     rpn = UpstreamRegionProposalNetwork(
         anchor_generator=anchor_generator,
         head=RPNHead(c.fpn_channels, anchor_generator.num_anchors_per_location()[0]),  # plain 3x3 conv + 1x1s
@@ -86,13 +85,12 @@ def build_detector(config: ModelConfig, *, pretrained_backbone: str | None = Non
         pre_nms_top_n=dict(training=c.rpn_pre_nms_top_n_train, testing=c.rpn_pre_nms_top_n_test),
         post_nms_top_n=dict(training=c.rpn_post_nms_top_n_train, testing=c.rpn_post_nms_top_n_test),
         nms_thresh=c.rpn_nms_thresh, score_thresh=c.rpn_score_thresh,
-        allowed_border=c.rpn_allowed_border, min_pos_iou=c.rpn_min_pos_iou,
+        allowed_border=c.rpn_allowed_border, min_pos_iou=c.rpn_min_pos_iou, geometry=parts.geometry,
+        box_coder=parts.box_coder((1.0, 1.0, 1.0, 1.0)),  # upstream rpn target_stds [1, 1, 1, 1]
+        proposal_size_filter=parts.convention.proposal_size_filter,
     )
-    levels = ["0", "1", "2", "3"]  # RoIs pool from P2-P5 (upstream featmap_strides=[4, 8, 16, 32])
-    box_roi_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=c.box_roi_size,
-                                      sampling_ratio=c.roi_sampling_ratio)
-    mask_roi_pool = MultiScaleRoIAlign(featmap_names=levels, output_size=c.mask_roi_size,
-                                       sampling_ratio=c.roi_sampling_ratio)
+    geometry_args = dict(geometry=parts.geometry, detection_size_filter=parts.convention.detection_size_filter,
+                         mask_targets=parts.convention.mask_targets)
 
     def box_head() -> nn.Module:
         return build_box_head(kind=c.head, in_channels=c.fpn_channels, roi_size=c.box_roi_size, fc_dim=c.box_fc_dim,
@@ -108,31 +106,31 @@ def build_detector(config: ModelConfig, *, pretrained_backbone: str | None = Non
     if c.cascade:
         stages = range(len(c.cascade_iou_thresholds))
         roi_heads: nn.Module = CascadeRoIHeads(
-            box_roi_pool=box_roi_pool, mask_roi_pool=mask_roi_pool,
+            box_roi_pool=parts.box_roi_pool, mask_roi_pool=parts.mask_roi_pool,
             box_heads=[box_head() for _ in stages],
             box_predictors=[build_box_predictor(in_channels=c.box_fc_dim, num_classes=c.num_classes,
                                                 class_agnostic=True) for _ in stages],
             mask_heads=[mask_head() for _ in stages], mask_predictors=[mask_predictor() for _ in stages],
-            stage_iou_thresholds=c.cascade_iou_thresholds, stage_bbox_reg_weights=c.cascade_bbox_reg_weights,
+            stage_iou_thresholds=c.cascade_iou_thresholds,
+            stage_box_coders=[parts.box_coder(w) for w in c.cascade_bbox_reg_weights],
             stage_loss_weights=c.cascade_stage_loss_weights, batch_size_per_image=c.box_batch_size_per_image,
             positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh,
             nms_thresh=c.box_nms_thresh, detections_per_img=c.box_detections_per_img,
-            smooth_l1_beta=c.box_smooth_l1_beta, score_average=c.cascade_score_average,
+            smooth_l1_beta=c.box_smooth_l1_beta, score_average=c.cascade_score_average, **geometry_args,
         )
     else:
         roi_heads = MaskRCNNRoIHeads(
-            box_roi_pool=box_roi_pool, box_head=box_head(),
+            box_roi_pool=parts.box_roi_pool, box_head=box_head(),
             box_predictor=build_box_predictor(in_channels=c.box_fc_dim, num_classes=c.num_classes,
                                               class_agnostic=False),
-            mask_roi_pool=mask_roi_pool, mask_head=mask_head(), mask_predictor=mask_predictor(),
+            mask_roi_pool=parts.mask_roi_pool, mask_head=mask_head(), mask_predictor=mask_predictor(),
             fg_iou_thresh=c.box_fg_iou_thresh, bg_iou_thresh=c.box_bg_iou_thresh,
             batch_size_per_image=c.box_batch_size_per_image, positive_fraction=c.box_positive_fraction,
-            bbox_reg_weights=c.bbox_reg_weights, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
-            detections_per_img=c.box_detections_per_img, smooth_l1_beta=c.box_smooth_l1_beta,
+            box_coder=parts.box_coder(c.bbox_reg_weights), score_thresh=c.box_score_thresh,
+            nms_thresh=c.box_nms_thresh, detections_per_img=c.box_detections_per_img,
+            smooth_l1_beta=c.box_smooth_l1_beta, **geometry_args,
         )
-    transform = GeneralizedRCNNTransform(c.min_size, c.max_size, list(c.image_mean), list(c.image_std),
-                                         size_divisible=c.size_divisible)
-    return GCNetDetector(backbone=backbone, rpn=rpn, roi_heads=roi_heads, transform=transform, config=c)
+    return GCNetDetector(backbone=backbone, rpn=rpn, roi_heads=roi_heads, transform=parts.transform, config=c)
 
 
 def build_model(name_or_row: str | int | Entry, *, num_classes: int = 81, profile: str = "paper",
@@ -147,4 +145,5 @@ def build_model(name_or_row: str | int | Entry, *, num_classes: int = 81, profil
     return build_detector(config, pretrained_backbone=pretrained_backbone)
 
 
-__all__ = ["ModelConfig", "TORCHVISION_CONVENTIONS", "FIELD_NAMES", "model_config", "build_detector", "build_model"]
+__all__ = ["ModelConfig", "CONVENTION_PRESETS", "TORCHVISION_CONVENTIONS", "FIELD_NAMES", "model_config",
+           "build_detector", "build_model"]

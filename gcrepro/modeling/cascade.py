@@ -19,6 +19,12 @@ Upstream: mmdetection v1 ``CascadeRCNN`` with the GCNet configs
   Masks: every stage's mask head runs on the final boxes and their sigmoid probabilities are
   averaged (upstream ``merge_aug_masks`` over ``self.mask_head[i]``), then the detected class's
   channel is kept.
+
+mmdetection 2.x/3.x (``mmdet/models/roi_heads/cascade_roi_head.py``: ``_refine_roi``, ``predict_mask``)
+does the same at test time: raw ``cls_score`` averaged over the stages, boxes from the last stage's
+deltas on its input RoIs, mean of the stages' sigmoid masks. Matching (IoU), clipping, NMS, the
+stage box coders and the mask targets follow the detector's convention (``geometry``,
+``box_coders``, ``mask_targets``; ``gcrepro.modeling.conventions``).
 """
 from __future__ import annotations
 
@@ -26,10 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
-from torchvision.ops import boxes as box_ops
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.roi_heads import RoIHeads
 
-from gcrepro.modeling.heads import check_target_types, clip_and_split, fast_rcnn_loss, positive_proposals
+from gcrepro.modeling.geometry import BoxGeometry, BoxSizeFilter
+from gcrepro.modeling.heads import (
+    check_target_types, clip_and_split, detect_boxes, fast_rcnn_loss, positive_proposals,
+)
+from gcrepro.modeling.masks import MaskTargets, mask_loss
 
 SCORE_AVERAGES = ("logits", "probs")
 
@@ -39,21 +49,21 @@ class CascadeRoIHeads(RoIHeads):
 
     Stage modules live in ``box_heads[s]``, ``box_predictors[s]``, ``mask_heads[s]``,
     ``mask_predictors[s]``; the single-stage attributes ``box_head``, ``box_predictor``,
-    ``mask_head``, ``mask_predictor`` of ``RoIHeads`` are None. ``self.box_coder`` (used by
-    ``postprocess_detections``) is the last stage's coder. Training loss keys:
+    ``mask_head``, ``mask_predictor`` of ``RoIHeads`` are None. ``stage_box_coders[s]`` encodes stage
+    s's targets and refines its RoIs; ``self.box_coder`` is the last stage's. Training loss keys:
     ``loss_classifier_s{s}``, ``loss_box_reg_s{s}``, ``loss_mask_s{s}`` (already weighted).
     """
 
     def __init__(self, *, box_roi_pool: nn.Module, box_heads: list[nn.Module], box_predictors: list[nn.Module],
                  mask_roi_pool: nn.Module, mask_heads: list[nn.Module], mask_predictors: list[nn.Module],
-                 stage_iou_thresholds: tuple[float, ...],
-                 stage_bbox_reg_weights: tuple[tuple[float, float, float, float], ...],
+                 stage_iou_thresholds: tuple[float, ...], stage_box_coders: list[BoxCoder],
                  stage_loss_weights: tuple[float, ...], batch_size_per_image: int, positive_fraction: float,
                  score_thresh: float, nms_thresh: float, detections_per_img: int, smooth_l1_beta: float,
+                 geometry: BoxGeometry, detection_size_filter: BoxSizeFilter | None, mask_targets: MaskTargets,
                  score_average: str = "logits") -> None:
         n = len(stage_iou_thresholds)
         lengths = {len(box_heads), len(box_predictors), len(mask_heads), len(mask_predictors),
-                   len(stage_bbox_reg_weights), len(stage_loss_weights)}
+                   len(stage_box_coders), len(stage_loss_weights)}
         if lengths != {n}:
             raise ValueError(f"CascadeRoIHeads: every per-stage list needs {n} items (one per IoU threshold "
                              f"{stage_iou_thresholds}); got lengths {sorted(lengths)}")
@@ -62,16 +72,21 @@ class CascadeRoIHeads(RoIHeads):
         # RoIHeads keeps the sampler, the test-time settings and the LAST stage's matcher and coder.
         super().__init__(
             box_roi_pool, None, None, stage_iou_thresholds[-1], stage_iou_thresholds[-1], batch_size_per_image,
-            positive_fraction, stage_bbox_reg_weights[-1], score_thresh, nms_thresh, detections_per_img,
+            positive_fraction, stage_box_coders[-1].weights, score_thresh, nms_thresh, detections_per_img,
             mask_roi_pool=mask_roi_pool,
         )
+        self.box_coder = stage_box_coders[-1]
+        self.box_similarity = geometry.iou
+        self.geometry = geometry
+        self.detection_size_filter = detection_size_filter
+        self.mask_targets = mask_targets
         self.box_heads = nn.ModuleList(box_heads)
         self.box_predictors = nn.ModuleList(box_predictors)
         self.mask_heads = nn.ModuleList(mask_heads)
         self.mask_predictors = nn.ModuleList(mask_predictors)
         # pos = neg = min_pos IoU threshold per stage (upstream MaxIoUAssigner), no low-quality matches
         self.stage_matchers = [det_utils.Matcher(t, t, allow_low_quality_matches=False) for t in stage_iou_thresholds]
-        self.stage_box_coders = [det_utils.BoxCoder(w) for w in stage_bbox_reg_weights]
+        self.stage_box_coders = list(stage_box_coders)
         self.stage_loss_weights = tuple(stage_loss_weights)
         self.smooth_l1_beta = smooth_l1_beta
         self.score_average = score_average
@@ -102,7 +117,7 @@ class CascadeRoIHeads(RoIHeads):
                 matched_idxs.append(torch.zeros(len(props), dtype=torch.int64, device=props.device))
                 labels.append(torch.zeros(len(props), dtype=torch.int64, device=props.device))
                 continue
-            m = matcher(box_ops.box_iou(gts, props))  # [r]: gt index, -1 below threshold
+            m = matcher(self.geometry.iou(gts, props))  # [r]: gt index, -1 below threshold
             lab = gls[m.clamp(min=0)].to(torch.int64)
             lab[m == matcher.BELOW_LOW_THRESHOLD] = 0
             lab[m == matcher.BETWEEN_THRESHOLDS] = -1  # (empty: thresholds are equal)
@@ -124,7 +139,7 @@ class CascadeRoIHeads(RoIHeads):
                image_shapes: list[tuple[int, int]]) -> list[Tensor]:
         """Apply this stage's class-agnostic deltas [R, 4] to its RoIs; clipped, no gradient."""
         boxes = self.stage_box_coders[stage].decode(box_deltas.detach(), proposals)  # [R, 1, 4]
-        return clip_and_split(boxes.reshape(-1, 4), [len(p) for p in proposals], image_shapes)
+        return clip_and_split(boxes.reshape(-1, 4), [len(p) for p in proposals], image_shapes, self.geometry)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -146,8 +161,8 @@ class CascadeRoIHeads(RoIHeads):
                 pos_boxes, pos_matched = positive_proposals(proposals, matched_idxs, labels)
                 mask_logits = self.mask_predictors[s](
                     self.mask_heads[s](self.mask_roi_pool(features, pos_boxes, image_shapes)))  # [P, K, 28, 28]
-                loss_mask = maskrcnn_loss(mask_logits, pos_boxes, [t["masks"] for t in targets],
-                                          [t["labels"] for t in targets], pos_matched)
+                loss_mask = mask_loss(mask_logits, pos_boxes, [t["masks"] for t in targets],
+                                      [t["labels"] for t in targets], pos_matched, targets_fn=self.mask_targets)
                 losses[f"loss_classifier_s{s}"] = w * loss_cls
                 losses[f"loss_box_reg_s{s}"] = w * loss_box
                 losses[f"loss_mask_s{s}"] = w * loss_mask
@@ -170,8 +185,10 @@ class CascadeRoIHeads(RoIHeads):
             class_logits = torch.stack([F.softmax(x, dim=-1) for x in stage_logits]).mean(dim=0).log()
         num_classes = class_logits.shape[-1]
         # class-agnostic deltas, repeated per class so torchvision's per-class post-processing applies
-        boxes, scores, labels = self.postprocess_detections(
-            class_logits, last_deltas.repeat(1, num_classes), last_rois, image_shapes)
+        boxes, scores, labels = detect_boxes(
+            class_logits, last_deltas.repeat(1, num_classes), last_rois, image_shapes, box_coder=self.box_coder,
+            geometry=self.geometry, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img, size_filter=self.detection_size_filter)
         mask_features = self.mask_roi_pool(features, boxes, image_shapes)  # [k, C, 14, 14]
         probs = torch.stack([self.mask_predictors[s](self.mask_heads[s](mask_features)).sigmoid()
                              for s in range(self.num_stages)]).mean(dim=0)  # [k, K, 28, 28]

@@ -2,8 +2,11 @@
 
 Each field is written out with its source (SPEC §2-3 and the upstream GCNet mmdetection-v1 configs,
 e.g. ``configs/gcnet/r50/mask_rcnn_r50_fpn_1x.py``). Fields whose upstream value differs from
-torchvision's say so; ``TORCHVISION_CONVENTIONS`` holds torchvision's values, with which row 1 equals
-``torchvision.models.detection.maskrcnn_resnet50_fpn``. ``entry_settings`` is what a table row decides.
+torchvision's say so. ``conventions`` picks whose box geometry the detector reproduces (paper =
+mmdetection v1, mmdet = mmdetection 2.x/3.x, torchvision; ``gcrepro.modeling.conventions``);
+``CONVENTION_PRESETS`` adds the field values that codebase uses where they differ from the paper's
+(``TORCHVISION_CONVENTIONS``: with it, row 1 equals
+``torchvision.models.detection.maskrcnn_resnet50_fpn``). ``entry_settings`` is what a table row decides.
 
 No torch import here: the command line resolves configs before it imports torch.
 """
@@ -16,6 +19,7 @@ from gcrepro.entries import Entry
 
 HEAD_KINDS = ("2fc", "4conv1fc")
 BACKBONE_NORMS = ("fixbn", "syncbn", "bn")
+CONVENTION_NAMES = ("paper", "mmdet", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class ModelConfig:
     head: str = "2fc"  # box head: "2fc" | "4conv1fc"
     head_norm: str | None = None  # norm of FPN convs, 4conv1fc box-head convs and mask-head convs (rows 13-15: "syncbn")
     num_classes: int = 81  # INCLUDING background (COCO 80 + 1; upstream num_classes=81)
+    # whose box geometry: paper (mmdetection v1, upstream) | mmdet (2.x/3.x) | torchvision; anchors, box coder,
+    # IoU/NMS, RoIAlign, resize, mask paste and mask targets (gcrepro.modeling.conventions)
+    conventions: str = "paper"
     # --- input transform (torchvision GeneralizedRCNNTransform; SPEC §4, upstream img_scale=(1333, 800)) ---
     min_size: int = 800  # shorter side after keep-ratio resize
     max_size: int = 1333  # longer side cap
@@ -124,12 +131,26 @@ class ModelConfig:
             raise bad("cascade_score_average", "'logits' or 'probs'")
         if self.gc_impl not in ("auto", "reference", "fused"):
             raise bad("gc_impl", "one of auto|reference|fused")
+        if self.conventions not in CONVENTION_NAMES:
+            raise bad("conventions", "one of " + "|".join(CONVENTION_NAMES))
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
-# torchvision's conventions where upstream differs; with these, row 1 is maskrcnn_resnet50_fpn.
-TORCHVISION_CONVENTIONS: dict = dict(box_smooth_l1_beta=1.0 / 9.0, rpn_allowed_border=None, rpn_min_pos_iou=None)
+# ``conventions=X`` plus the field values codebase X uses where they differ from the paper's. The field
+# values are not implied by ``conventions`` alone: a ModelConfig records every value its model runs with,
+# and these are hyperparameters one may mix (e.g. torchvision's geometry with upstream's loss).
+# mmdetection 3.x's training values differ between its Mask R-CNN and Cascade configs (RPN L1 loss vs
+# smooth L1 1/9, allowed_border -1 vs 0, 1000 vs 2000 train proposals, box L1 vs smooth L1 1.0), so its
+# preset holds only the test-time value.
+CONVENTION_PRESETS: dict[str, dict] = {
+    "paper": dict(conventions="paper"),
+    "mmdet": dict(conventions="mmdet", roi_sampling_ratio=0),  # mmcv RoIAlign sampling_ratio=0 (adaptive)
+    "torchvision": dict(conventions="torchvision", box_smooth_l1_beta=1.0 / 9.0, rpn_allowed_border=None,
+                        rpn_min_pos_iou=None),
+}
+# with these, row 1 is torchvision's maskrcnn_resnet50_fpn, training included
+TORCHVISION_CONVENTIONS: dict = CONVENTION_PRESETS["torchvision"]
 
 
 

@@ -10,6 +10,10 @@ constructor argument whose torchvision value reproduces torchvision exactly:
 - RPN ``min_pos_iou``: upstream ``MaxIoUAssigner(min_pos_iou=0.3)`` gives a ground-truth box its
   best anchors as extra positives only when their IoU is at least 0.3; torchvision always does
   (``None``).
+
+The box geometry (IoU, NMS, clipping: :class:`~gcrepro.modeling.geometry.BoxGeometry`), the box
+coder and the small-box rules come from the detector's convention (``gcrepro.modeling.conventions``);
+with the torchvision convention's parts every step below is torchvision's.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import boxes as box_ops
 
+from gcrepro.modeling.geometry import BoxGeometry, BoxSizeFilter
+from gcrepro.modeling.masks import MaskTargets, mask_loss
 from gcrepro.modeling.norm import make_norm
 
 BOX_HEADS = ("2fc", "4conv1fc")
@@ -119,27 +125,73 @@ def check_target_types(targets: list[dict[str, Tensor]] | None) -> None:
             raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
 
 
-class MaskRCNNRoIHeads(RoIHeads):
-    """torchvision ``RoIHeads`` (boxes + masks) with the box-head smooth-L1 beta as an argument.
+def detect_boxes(class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                 image_shapes: list[tuple[int, int]], *, box_coder: BoxCoder, geometry: BoxGeometry,
+                 score_thresh: float, nms_thresh: float, detections_per_img: int,
+                 size_filter: BoxSizeFilter | None) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Class logits [R, K] and per-class deltas [R, 4K] of all images -> per image (boxes [k, 4],
+    scores [k], labels [k]), at most ``detections_per_img`` by decreasing score.
 
-    Sampling (``select_training_samples``), post-processing (``postprocess_detections``), mask
-    loss and mask inference are torchvision's own; only the box loss takes ``smooth_l1_beta``
-    (upstream 1.0; torchvision 1/9 reproduces ``torchvision.models.detection.roi_heads`` exactly).
-    Keypoint branches are not supported.
+    torchvision's ``RoIHeads.postprocess_detections`` with the convention's clipping, small-box rule
+    and NMS geometry: decode, clip to the image, drop background (class 0), keep scores
+    ``> score_thresh``, apply ``size_filter`` (torchvision: w, h >= 1e-2; mmdetection: none), NMS per
+    class. mmdetection's ``multiclass_nms`` is the same sequence.
+    """
+    num_classes = class_logits.shape[-1]
+    counts = [len(p) for p in proposals]
+    pred_boxes = box_coder.decode(box_regression, proposals)  # [R, K, 4]
+    pred_scores = F.softmax(class_logits, -1)  # [R, K]
+    all_boxes, all_scores, all_labels = [], [], []
+    for boxes, scores, shape in zip(pred_boxes.split(counts, 0), pred_scores.split(counts, 0), image_shapes):
+        boxes = geometry.clip(boxes, shape)
+        labels = torch.arange(num_classes, device=class_logits.device).view(1, -1).expand_as(scores)
+        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+        keep = torch.where(scores > score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        if size_filter is not None:
+            keep = size_filter(boxes)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = geometry.batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+        all_boxes.append(boxes[keep])
+        all_scores.append(scores[keep])
+        all_labels.append(labels[keep])
+    return all_boxes, all_scores, all_labels
+
+
+class MaskRCNNRoIHeads(RoIHeads):
+    """torchvision ``RoIHeads`` (boxes + masks) with the box-head smooth-L1 beta and the convention's
+    geometry as arguments.
+
+    Sampling (``select_training_samples``) and mask inference are torchvision's own, matching with
+    ``geometry.iou`` and encoding with ``box_coder``; post-processing is :func:`detect_boxes`; the
+    mask loss takes the convention's ``mask_targets``. The box loss takes ``smooth_l1_beta``
+    (upstream 1.0; torchvision 1/9). With the torchvision convention's parts this is
+    ``torchvision.models.detection.roi_heads`` exactly. Keypoint branches are not supported.
     """
 
     def __init__(self, *, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
                  mask_roi_pool: nn.Module, mask_head: nn.Module, mask_predictor: nn.Module,
                  fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int,
-                 positive_fraction: float, bbox_reg_weights: tuple[float, float, float, float],
-                 score_thresh: float, nms_thresh: float, detections_per_img: int,
-                 smooth_l1_beta: float) -> None:
+                 positive_fraction: float, box_coder: BoxCoder, score_thresh: float, nms_thresh: float,
+                 detections_per_img: int, smooth_l1_beta: float, geometry: BoxGeometry,
+                 detection_size_filter: BoxSizeFilter | None, mask_targets: MaskTargets) -> None:
         super().__init__(
             box_roi_pool, box_head, box_predictor, fg_iou_thresh, bg_iou_thresh, batch_size_per_image,
-            positive_fraction, bbox_reg_weights, score_thresh, nms_thresh, detections_per_img,
+            positive_fraction, box_coder.weights, score_thresh, nms_thresh, detections_per_img,
             mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
         )
+        self.box_coder = box_coder
+        self.box_similarity = geometry.iou
+        self.geometry = geometry
+        self.detection_size_filter = detection_size_filter
+        self.mask_targets = mask_targets
         self.smooth_l1_beta = smooth_l1_beta
+
+    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                               image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        return detect_boxes(class_logits, box_regression, proposals, image_shapes, box_coder=self.box_coder,
+                            geometry=self.geometry, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+                            detections_per_img=self.detections_per_img, size_filter=self.detection_size_filter)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -162,26 +214,65 @@ class MaskRCNNRoIHeads(RoIHeads):
         pos_boxes, pos_matched = positive_proposals(proposals, matched_idxs, labels)
         mask_features = self.mask_head(self.mask_roi_pool(features, pos_boxes, image_shapes))  # [P, 256, 14, 14]
         mask_logits = self.mask_predictor(mask_features)  # [P, K, 28, 28]
-        loss_mask = maskrcnn_loss(mask_logits, pos_boxes, [t["masks"] for t in targets],
-                                  [t["labels"] for t in targets], pos_matched)
+        loss_mask = mask_loss(mask_logits, pos_boxes, [t["masks"] for t in targets], [t["labels"] for t in targets],
+                              pos_matched, targets_fn=self.mask_targets)
         return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
 
 
 class UpstreamRegionProposalNetwork(RegionProposalNetwork):
-    """torchvision ``RegionProposalNetwork`` with upstream's anchor-target rules as options.
+    """torchvision ``RegionProposalNetwork`` with upstream's anchor-target rules as options and the
+    convention's geometry.
 
     ``allowed_border``: anchors reaching more than this many pixels outside the (resized, unpadded)
-    image get label -1 (ignored), and matching runs over the inside anchors only (upstream
-    ``anchor_inside_flags``; 0 = upstream, None = torchvision: all anchors).
+    image (``x1 >= -b``, ``x2 < w + b``, as v1 and mmdetection's ``anchor_inside_flags``) get label
+    -1 (ignored), and matching runs over the inside anchors only (0 = upstream, None = torchvision:
+    all anchors).
     ``min_pos_iou``: a gt box's highest-IoU anchors become positives only when that IoU is at least
     this (upstream 0.3; None = torchvision: always).
+    ``geometry`` matches (IoU), clips and suppresses (NMS per level); ``box_coder`` decodes and
+    encodes; ``proposal_size_filter`` drops small proposals after clipping (torchvision: w, h >= 1e-3;
+    mmdetection 2.x/3.x: w, h > 0; v1 with ``min_bbox_size=0``: None, no filter). mmdetection's
+    per-level top ``nms_pre``, NMS per level and top ``max_per_img`` overall is torchvision's
+    sequence; v1 keeps ``nms_post`` per level before its overall top ``max_num``, the same boxes
+    when the two are equal (every GCNet config).
     """
 
-    def __init__(self, *, allowed_border: float | None, min_pos_iou: float | None, **kwargs) -> None:
+    def __init__(self, *, allowed_border: float | None, min_pos_iou: float | None, geometry: BoxGeometry,
+                 box_coder: BoxCoder, proposal_size_filter: BoxSizeFilter | None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.allowed_border = allowed_border
         self.min_pos_iou = min_pos_iou
+        self.geometry = geometry
+        self.box_coder = box_coder
+        self.box_similarity = geometry.iou
+        self.proposal_size_filter = proposal_size_filter
         self._image_sizes: list[tuple[int, int]] | None = None
+
+    def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        """Decoded proposals [N, A, 4] and objectness logits -> per image (boxes [p, 4], scores [p])
+        by decreasing score: top ``pre_nms_top_n`` per level, clip, size filter, score threshold,
+        NMS per level, top ``post_nms_top_n``."""
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)  # [N, A]
+        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=proposals.device)
+                            for i, n in enumerate(num_anchors_per_level)]).reshape(1, -1).expand_as(objectness)
+        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)  # [N, a]
+        batch_idx = torch.arange(num_images, device=proposals.device)[:, None]
+        scores_all = torch.sigmoid(objectness[batch_idx, top_n_idx])
+        final_boxes, final_scores = [], []
+        for boxes, scores, lvl, shape in zip(proposals[batch_idx, top_n_idx], scores_all,
+                                             levels[batch_idx, top_n_idx], image_shapes):
+            boxes = self.geometry.clip(boxes, shape)
+            if self.proposal_size_filter is not None:
+                keep = self.proposal_size_filter(boxes)
+                boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = torch.where(scores >= self.score_thresh)[0]
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = self.geometry.batched_nms(boxes, scores, lvl, self.nms_thresh)[:self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
 
     def forward(self, images, features, targets=None):
         self._image_sizes = images.image_sizes  # read by assign_targets_to_anchors
@@ -207,7 +298,7 @@ class UpstreamRegionProposalNetwork(RegionProposalNetwork):
             if self.allowed_border is not None:
                 b = self.allowed_border
                 inside = ((anchors_i[:, 0] >= -b) & (anchors_i[:, 1] >= -b)
-                          & (anchors_i[:, 2] <= w + b) & (anchors_i[:, 3] <= h + b))
+                          & (anchors_i[:, 2] < w + b) & (anchors_i[:, 3] < h + b))
             idx = torch.where(inside)[0]  # [A_in]
             if gt.numel() == 0 or idx.numel() == 0:
                 label[idx] = 0.0  # background image: every considered anchor is negative
@@ -231,6 +322,7 @@ class UpstreamRegionProposalNetwork(RegionProposalNetwork):
         return labels, matched_gt_boxes
 
 
-def clip_and_split(boxes: Tensor, counts: list[int], image_shapes: list[tuple[int, int]]) -> list[Tensor]:
+def clip_and_split(boxes: Tensor, counts: list[int], image_shapes: list[tuple[int, int]],
+                   geometry: BoxGeometry) -> list[Tensor]:
     """[R, 4] boxes of all images -> per-image boxes clipped to their image."""
-    return [box_ops.clip_boxes_to_image(b, s) for b, s in zip(boxes.split(counts, 0), image_shapes)]
+    return [geometry.clip(b, s) for b, s in zip(boxes.split(counts, 0), image_shapes)]
