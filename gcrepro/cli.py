@@ -12,6 +12,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from gcrepro import entries
     from gcrepro.analysis import cli as analysis_cli
+    from gcrepro.convert import cli as convert_cli
     from gcrepro.data import cli as data_cli
     from gcrepro.engine import cli as engine_cli
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(sub)  # gcrepro data toy
     engine_cli.register(sub)  # gcrepro train / eval
     analysis_cli.register(sub, table_sub)  # gcrepro table run / report, gcrepro demo
+    convert_cli.register(sub)  # gcrepro convert
     return parser
 
 
