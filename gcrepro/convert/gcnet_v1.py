@@ -50,7 +50,10 @@ def mmdet_to_v1(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     ``conv_logits`` get their background rows back, as zeros (the upgrade dropped them). Also undoes
     mmcv's DCN naming (``conv2.conv_offset`` -> ``conv2_offset``), which is not the tool's but v1's.
     Not undone: the tool's RPN rule for checkpoints saved by mmdetection < 2.5.0 (it rotates
-    ``rpn_cls.bias``); a modern state dict never went through it.
+    ``rpn_cls.bias``); a modern state dict never went through it. Not copied: the tool cuts the LAST
+    class's rows from the ``fc_reg`` and ``conv_logits`` biases (``val[:num_classes - 1]``) but the
+    background's from their weights; here background is first in weights and biases alike, so the
+    tool run on this function's output changes those two biases (the v1 -> gcrepro round trip holds).
     """
     class_agnostic = any(_CASCADE.match(k.removeprefix(ROI_PREFIX)) for k in state_dict)
     out: dict[str, Tensor] = {}
