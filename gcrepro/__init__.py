@@ -5,6 +5,7 @@ Public API::
 
     gcrepro.list_entries()                      # the 30 rows of the paper's table
     gcrepro.build_model("mask_rcnn_r50_fpn_gc_r16_1x", num_classes=81)
+    gcrepro.build_model(8, checkpoint="mmdet_or_gcrepro_or_gcnet.pth")   # loaded, any checkpoint layout
     gcrepro.resolve_run(entry, data=..., profile=..., overrides=...) -> RunSpec   # what a run is
     gcrepro.train(...), gcrepro.evaluate(...)   # see gcrepro.engine
     gcrepro.read_metrics(run_dir)               # a run's metrics.json, typed
@@ -23,7 +24,7 @@ def __getattr__(name: str):
 
         return getattr(entries, name)
     if name == "build_model":
-        from gcrepro.modeling.build import build_model
+        from gcrepro.models import build_model
 
         return build_model
     if name in ("resolve_run", "RunSpec"):

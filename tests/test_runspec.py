@@ -181,7 +181,7 @@ def test_evaluation_rebuilds_the_trained_model_whatever_todays_defaults(tiny_toy
     assert raw["schema"] == 2 and raw["spec"] == first.spec.to_dict() and raw["label"] == "toy"
 
 
-def test_old_checkpoints_and_metrics_still_load(tiny_toy: Path, tmp_path: Path) -> None:
+def test_old_checkpoints_and_metrics_still_load(tiny_toy: Path, tmp_path: Path, monkeypatch) -> None:
     import torch
 
     from gcrepro.engine import checkpoint as ckpt
@@ -201,10 +201,13 @@ def test_old_checkpoints_and_metrics_still_load(tiny_toy: Path, tmp_path: Path) 
     assert metrics.spec.model == spec.model and metrics.label == "toy"
     with pytest.raises(ConfigError, match=f"{old}.*trained for mask_rcnn_r50_fpn_1x, not mask_rcnn_r50_fpn_gc_r16_1x"):
         gcrepro.evaluate(2, checkpoint=old, work_dir=tmp_path / "wrong")
-    no_config = tmp_path / "weights.pth"
-    torch.save({"model": state["model"]}, no_config)
-    with pytest.raises(ConfigError, match=f"{no_config}: no run spec"):
-        gcrepro.evaluate(1, checkpoint=no_config, work_dir=tmp_path / "w")
+    # Weights alone (no run spec, no config): a checkpoint trained elsewhere, converted in memory; it records
+    # no dataset, so the val set must be named (or be data/coco).
+    monkeypatch.setenv("GCREPRO_DATA", str(tmp_path / "no_data_here"))
+    weights_only = tmp_path / "weights.pth"
+    torch.save({"model": state["model"]}, weights_only)
+    with pytest.raises(ConfigError, match=f"{weights_only} records no dataset.*pass --data"):
+        gcrepro.evaluate(1, checkpoint=weights_only, work_dir=tmp_path / "w", data=None)
 
     legacy = tmp_path / "legacy" / "metrics.json"
     legacy.parent.mkdir()

@@ -34,17 +34,16 @@ class AttentionRun:
 
 def load_trained_model(entry: str, checkpoint: Path, *, data: str | Path | None = None,
                        device: str = "cpu") -> tuple[nn.Module, RunSpec]:
-    """The model exactly as trained (the checkpoint's run spec), with its weights, in eval mode on ``device``;
-    and the spec, on the val set of ``data`` (default: the data it was trained on)."""
-    from gcrepro.engine.api import eval_data_of, trained_spec
-    from gcrepro.engine.checkpoint import load_checkpoint, model_state_from
+    """The model a checkpoint holds (any layout: gcrepro's run spec, converted, mmdetection, ...), with its
+    weights, in eval mode on ``device``; and its spec, on the val set of ``data`` (default: the data it was
+    trained on, or data/coco for a model trained elsewhere)."""
+    from gcrepro.engine.model_checkpoint import open_checkpoint
     from gcrepro.modeling.build import build_detector
 
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    spec = eval_data_of(trained_spec(entry, checkpoint, state, data=data), data)
-    model = build_detector(spec.model)
-    model.load_state_dict(model_state_from(state))
-    return model.to(device).eval(), spec
+    opened = open_checkpoint(entry, checkpoint, data=data)
+    model = build_detector(opened.spec.model)
+    model.load_state_dict(opened.state_dict)
+    return model.to(device).eval(), opened.spec
 
 
 def default_nl_block(blocks: list[BlockRef]) -> BlockRef | None:

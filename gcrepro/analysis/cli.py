@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="a notebook parameter (NAME, or NOTEBOOK.NAME) or a training override "
                      "(overrides.KEY, e.g. overrides.max_iters=50); repeatable")
+    run.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
+                     help="evaluate released checkpoints instead of training: every selected entry whose checkpoint "
+                     "is in DIR (mmdetection's released file names, or inferred from the weights); --data defaults "
+                     "to data/coco")
     run.set_defaults(func=_cmd_run)
 
     report = table_sub.add_parser("report", help="write RUNS_DIR/report.html and report.csv from the runs there")
@@ -61,7 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         return _fail("gcrepro table run", str(exc))
     return table_runner.table_run(entries, runs_dir=args.runs_dir, data=args.data, profile=args.profile,
-                                  gpus=args.gpus, sets=sets, force=args.force, jobs=args.jobs, prog="gcrepro table run")
+                                  gpus=args.gpus, sets=sets, force=args.force, jobs=args.jobs, prog="gcrepro table run",
+                                  checkpoints=args.checkpoints)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -37,12 +37,14 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @dataclasses.dataclass(frozen=True)
 class EntryPlan:
-    """What one entry will run: the run folder, its resolved run, and each notebook's parameters."""
+    """What one entry will run: the run folder, each notebook's parameters (in run order), and what runs:
+    a resolved training run (``spec``), or the evaluation of a released checkpoint (``checkpoint``)."""
 
     entry: str
     run_dir: Path
-    spec: RunSpec
-    params: dict[str, dict[str, Any]]  # notebook name -> parameters
+    params: dict[str, dict[str, Any]]  # notebook name -> parameters, in the order they run
+    spec: RunSpec | None = None
+    checkpoint: Path | None = None
 
 
 def base_params(entry: str, run_dir: Path, *, gpus: int) -> dict[str, dict[str, Any]]:
@@ -117,6 +119,95 @@ def plan_table(
     return plans
 
 
+EVAL_NOTEBOOKS: tuple[str, ...] = ("evaluate", "attention")  # what --checkpoints runs (no training)
+
+
+def match_checkpoints(entries: list[str], folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Released checkpoints in ``folder`` for ``entries``: ({entry: file}, notes). A file is matched by
+    mmdetection's released file name (or config name), else by inferring its entry from its weights."""
+    from gcrepro.mmdet_zoo import entry_for_file
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in (".pth", ".pt", ".ckpt"))
+    found: dict[str, Path] = {}
+    notes: list[str] = []
+    unnamed = []
+    for path in files:
+        entry = entry_for_file(path.name)
+        if entry is None:
+            unnamed.append(path)
+        elif entry in entries and entry not in found:
+            found[entry] = path
+    for path in unnamed:
+        if len(found) == len(entries):
+            break
+        from gcrepro.convert import ConvertError, convert_checkpoint
+
+        try:
+            entry = convert_checkpoint(path).entry  # inferred from its weights (and metadata)
+        except (ConvertError, OSError) as exc:
+            notes.append(f"{path.name}: skipped ({exc})")
+            continue
+        if entry in entries and entry not in found:
+            found[entry] = path
+            notes.append(f"{path.name}: {entry} (inferred from its weights)")
+    return found, notes
+
+
+def plan_checkpoints(
+    entries: list[str],
+    *,
+    checkpoints: Path,
+    runs_dir: Path,
+    data: str | Path | None,
+    gpus: int = 0,
+    sets: list[tuple[str, str]] = (),
+    notebooks: Path | None = None,
+) -> tuple[list[EntryPlan], list[str]]:
+    """Evaluate-only plans (evaluate + attention notebooks) for the selected entries whose released
+    checkpoint is in ``checkpoints``; returns (plans, notes on matching). ``data``: the val set (default:
+    COCO under the data root, ``data/coco``). ParameterError for bad input."""
+    from gcrepro.data import DataError, describe_data
+    from gcrepro.paths import data_root
+
+    folder = Path(checkpoints).expanduser().resolve()
+    if not folder.is_dir():
+        raise nbp.ParameterError(f"--checkpoints {folder}: not a folder of checkpoint files")
+    if gpus < 0:
+        raise nbp.ParameterError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs")
+    if not entries:
+        raise nbp.ParameterError("no entries selected")
+    declared = {nb: nbp.declared_params(nbp.notebook_path(nb, notebooks)) for nb in EVAL_NOTEBOOKS}
+    runs_dir = Path(runs_dir).resolve()
+    params_of = {}
+    for entry in entries:
+        common = {"entry": entry, "work_dir": str(runs_dir / entry)}
+        base = {"evaluate": {**common, "gpus": gpus}, "attention": {**common, "interactive": False}}
+        params_of[entry] = nbp.apply_sets(base, list(sets), declared, reserved=RESERVED)
+    if data is None:
+        data = data_root() / "coco"
+        if not data.is_dir():
+            raise nbp.ParameterError(f"--checkpoints evaluates on COCO: no {data}; put COCO 2017 there "
+                                     "(data/README.md) or pass --data")
+    try:
+        data_spec = describe_data(data, splits=("val",))
+    except DataError as exc:
+        raise nbp.ParameterError(f"--data: {exc}") from None
+    found, notes = match_checkpoints(entries, folder)
+    if not found:
+        raise nbp.ParameterError(f"--checkpoints {folder}: no checkpoint for any of the {len(entries)} selected "
+                                 "entries (matched by mmdetection's released file names, or by their weights)")
+    plans = []
+    for entry in entries:
+        if entry not in found:
+            notes.append(f"{entry}: no checkpoint in {folder}; not run")
+            continue
+        params = params_of[entry]
+        for nb in EVAL_NOTEBOOKS:
+            params[nb].update(checkpoint=str(found[entry]), data=data_spec.root)
+        plans.append(EntryPlan(entry=entry, run_dir=runs_dir / entry, params=params, checkpoint=found[entry]))
+    return plans, notes
+
+
 def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
     """The papermill kernel must run this Python (the one with gcrepro installed)."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -157,7 +248,8 @@ def run_entry(
     notebooks: Path | None = None,
     echo: Callable[[str], None] = lambda s: None,
 ) -> dict:
-    """Execute train -> evaluate -> attention for one entry; return its final status (never raises for a notebook failure).
+    """Execute the plan's notebooks for one entry (train -> evaluate -> attention, or evaluate -> attention for a
+    released checkpoint); return its final status (never raises for a notebook failure).
 
     ``fresh`` empties the run folder first (checkpoints included); otherwise training resumes
     from the folder's latest checkpoint, if any.
@@ -171,7 +263,7 @@ def run_entry(
               "timings": {}, "error": None, "failed_notebook": None, "traceback": None}
     run_status.write_params(plan.run_dir, {"entry": plan.entry, "notebooks": plan.params})
     run_status.write_status(plan.run_dir, status)
-    for nb in nbp.ENTRY_NOTEBOOKS:
+    for nb in plan.params:
         output = plan.run_dir / f"{nb}.ipynb"
         echo(f" {nb}")
         t0 = time.perf_counter()
@@ -325,21 +417,34 @@ def table_run(
     force: bool = False,
     jobs: int = 1,
     prog: str = "gcrepro table run",
+    checkpoints: Path | None = None,
 ) -> int:
     """Validate everything, then run the entries and build the report. 0: all done; 1: something failed;
-    2: bad input (one line on stderr); 130: interrupted."""
+    2: bad input (one line on stderr); 130: interrupted. With ``checkpoints`` (a folder of released
+    checkpoints), evaluate those instead of training."""
     from gcrepro.paths import default_runs_dir
 
     runs_dir = Path(runs_dir or default_runs_dir()).expanduser().resolve()
     try:
         check_kernel()
-        plans = plan_table(entries, runs_dir=runs_dir, data=data, profile=profile, gpus=gpus, sets=list(sets))
+        if checkpoints is not None:
+            plans, notes = plan_checkpoints(entries, checkpoints=checkpoints, runs_dir=runs_dir, data=data, gpus=gpus,
+                                            sets=list(sets))
+        else:
+            plans, notes = plan_table(entries, runs_dir=runs_dir, data=data, profile=profile, gpus=gpus,
+                                      sets=list(sets)), []
     except (nbp.ParameterError, RuntimeError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    spec = plans[0].spec
-    print(f"data: {spec.data.root} ({spec.data.kind}); numbers labelled: {spec.label_text}\nruns: {runs_dir}",
-          flush=True)
+    for note in notes:
+        print(note, flush=True)
+    if plans[0].spec is not None:
+        spec = plans[0].spec
+        print(f"data: {spec.data.root} ({spec.data.kind}); numbers labelled: {spec.label_text}", flush=True)
+    else:
+        print(f"evaluating {len(plans)} released checkpoint(s) from {checkpoints} on "
+              f"{plans[0].params['evaluate']['data']}", flush=True)
+    print(f"runs: {runs_dir}", flush=True)
     try:
         statuses = run_table(plans, force=force, jobs=jobs)
     except KeyboardInterrupt:

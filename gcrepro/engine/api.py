@@ -379,38 +379,6 @@ def evaluate(
     return read_metrics(Path(work_dir))
 
 
-def trained_spec(entry: str | int, checkpoint: Path, state: dict[str, Any], *, profile: str | None = None,
-                 data: str | Path | None = None) -> RunSpec:
-    """The run spec of a checkpoint of ``entry``: the one it records, or (older gcrepro) one resolved from
-    the settings it records. A checkpoint of another entry or profile raises ConfigError naming both."""
-    from gcrepro.entries import get_entry
-
-    name = get_entry(entry).name
-    spec = ckpt.spec_from_checkpoint(state, checkpoint)
-    if spec is None:
-        spec = ckpt.legacy_spec(state, checkpoint, entry=name, profile=profile, data=data)
-    if spec.entry != name:
-        raise ConfigError(f"checkpoint {checkpoint} was trained for {spec.entry}, not {name}")
-    if profile is not None and profile != spec.profile:
-        raise ConfigError(f"checkpoint {checkpoint} was trained with profile {spec.profile!r}, not {profile!r}")
-    return spec
-
-
-def eval_data_of(spec: RunSpec, data: str | Path | None) -> RunSpec:
-    """``spec`` on the val set it is evaluated on: ``data``, or the dataset it was trained on."""
-    from gcrepro.data.identity import describe_data
-
-    if data is None:
-        if not Path(spec.data.root).is_dir():
-            raise ConfigError(f"the dataset this model was trained on, {spec.data.root}, is gone; pass --data")
-        data = spec.data.root
-    described = describe_data(data, splits=("val",))
-    if str(data) == spec.data.root and described.val_sha256 != spec.data.val_sha256:
-        logger.warning("%s: the val annotations changed since training (fingerprint %s, now %s)",
-                       data, spec.data.val_sha256[:12], described.val_sha256[:12])
-    return spec.with_data(described)
-
-
 def _evaluate_here(
     entry: str | int,
     *,
@@ -425,22 +393,22 @@ def _evaluate_here(
     from gcrepro.engine.evaluate import COCOEvaluator
     from gcrepro.engine.inference import run_inference
     from gcrepro.modeling.build import build_detector
+    from gcrepro.engine.model_checkpoint import open_checkpoint
     from gcrepro.run_metrics import write_eval_metrics
 
-    state = ckpt.load_checkpoint(checkpoint, map_location="cpu")
-    checkpoint_iteration = state.get("iteration")
-    spec = trained_spec(entry, checkpoint, state, profile=profile, data=data)
-    on = eval_data_of(spec, data)
+    opened = open_checkpoint(entry, checkpoint, data=data, profile=profile)
+    # metrics.json records the spec as trained (the same run as its training part) and the val set apart
+    trained, on, iteration, layout = opened.trained, opened.spec, opened.iteration, opened.layout
     # Evaluation-time run options (not what was trained): loader processes, threads, precision, layout, op.
-    cfg = dataclasses.replace(spec.train, **{k: v for k, v in options.items() if k != "gc_impl"})
-    model_config = dataclasses.replace(spec.model, gc_impl=options.get("gc_impl", spec.model.gc_impl))
+    cfg = dataclasses.replace(on.train, **{k: v for k, v in options.items() if k != "gc_impl"})
+    model_config = dataclasses.replace(on.model, gc_impl=options.get("gc_impl", on.model.gc_impl))
 
     with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
         dataset = CocoInstances(on.data.root, "val", train=False)
         model = build_detector(model_config)
-        model.load_state_dict(ckpt.model_state_from(state))
-        del state
+        model.load_state_dict(opened.state_dict)
+        del opened
         model = model.to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -448,17 +416,17 @@ def _evaluate_here(
                               distributed=world > 1, pin_memory=device.type == "cuda")
         evaluator = COCOEvaluator(dataset.coco, label_to_cat_id=dataset.label_to_cat_id, output_dir=work_dir / "results")
         logger.info("evaluate %s from %s on %s (%d images), %d process(es) on %s; numbers labelled %s",
-                    spec.entry, checkpoint, on.data.root, len(dataset), world, device, on.label)
+                    on.entry, checkpoint, on.data.root, len(dataset), world, device, on.label)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         timing = run_inference(model, loader, evaluator, device=device, amp_dtype=amp)
         metrics = evaluator.evaluate()
         if rank != 0:
             return
         fps = timing.fps
-        eval_info = {"checkpoint": str(checkpoint), "checkpoint_iteration": checkpoint_iteration,
+        eval_info = {"checkpoint": str(checkpoint), "checkpoint_iteration": iteration, "checkpoint_layout": layout,
                      "images": len(dataset), "world_size": world, "inf_images_timed": timing.images_timed,
                      "options": options, **run_info(device, world)}
-        write_eval_metrics(work_dir, spec, eval_data=on.data, bbox=metrics["bbox"], segm=metrics["segm"],
-                                  inf_fps=round(fps, 3) if fps is not None else None, eval=eval_info)
-        logger.info("%s: box AP %.1f, mask AP %.1f (%s), %.2f fps (batch 1, whole pipeline, %s)", spec.entry,
+        write_eval_metrics(work_dir, trained, eval_data=on.data, bbox=metrics["bbox"], segm=metrics["segm"],
+                           inf_fps=round(fps, 3) if fps is not None else None, eval=eval_info)
+        logger.info("%s: box AP %.1f, mask AP %.1f (%s), %.2f fps (batch 1, whole pipeline, %s)", on.entry,
                     metrics["bbox"]["AP"] or 0.0, metrics["segm"]["AP"] or 0.0, on.label, fps or 0.0, device)

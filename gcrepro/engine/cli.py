@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(ev, data_help="val set root in the COCO 2017 layout (default: the dataset the checkpoint was trained on)",
                 profile_help="only for checkpoints of a gcrepro older than the run spec (else it must match)")
     ev.add_argument("--checkpoint", type=Path, default=None,
-                    help="checkpoint file (default: WORK_DIR/checkpoints/latest.pth)")
+                    help="checkpoint file (default: WORK_DIR/checkpoints/latest.pth): gcrepro's, or a released "
+                    "mmdetection 2.x/3.x, original GCNet or torchvision checkpoint (converted in memory)")
     ev.set_defaults(func=_eval)
 
 
@@ -74,12 +75,13 @@ def _fail(command: str, err: BaseException, code: int) -> int:
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from gcrepro.convert.errors import ConvertError
     from gcrepro.data.errors import DataError
     from gcrepro.engine.config import ConfigError
     from gcrepro.entries import EntryNotFound
     from gcrepro.run_metrics import MetricsError
 
-    return (ConfigError, DataError, EntryNotFound, MetricsError, FileExistsError, FileNotFoundError)
+    return (ConfigError, ConvertError, DataError, EntryNotFound, MetricsError, FileExistsError, FileNotFoundError)
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
