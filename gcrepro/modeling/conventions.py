@@ -21,8 +21,10 @@ measured, anchored, pooled, post-processed and pasted. :data:`CONVENTIONS` is th
 
 ``paper`` and ``mmdet`` share the fixed strides 4-64, mmcv's resize rule ``int(side * scale + 0.5)``
 and mmdetection's level mapping; all three share the RPN sequence (top-k per level, NMS per level,
-top-k overall), scores ``> score_thresh`` and class-wise NMS. Where a rule is not reproduced exactly
-(v1's NMS at IoU ``>=``, cv2's uint8 resizes) the part's module docstring says so; each names the
+top-k overall), scores ``> score_thresh`` and class-wise NMS. Not reproduced exactly: v1 suppresses
+at IoU ``>=`` (here ``>``) and runs the box NMS on boxes already scaled back to the original image
+(here in the resized image, like 2.x/3.x; with +1 widths the IoUs differ slightly); cv2's uint8
+resizes (images; v1's mask targets). The parts' module docstrings say where, and each names the
 source file it follows: :mod:`~gcrepro.modeling.geometry`, :mod:`~gcrepro.modeling.anchors`,
 :mod:`~gcrepro.modeling.poolers`, :mod:`~gcrepro.modeling.masks`, :mod:`~gcrepro.modeling.transform`.
 """
