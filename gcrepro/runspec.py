@@ -25,12 +25,12 @@ from gcrepro.data.identity import DataSpec, describe_data
 from gcrepro.engine.config import RUN_OPTIONS, VALUE_CHECKS, ConfigError, TrainConfig
 from gcrepro.entries import Entry, get_entry
 from gcrepro.fields import coerce, field_types, from_plain, parse_text, plain, to_plain
-from gcrepro.modeling.config import ModelConfig, entry_settings
+from gcrepro.modeling.config import CONVENTION_PRESETS, ModelConfig, entry_settings
 from gcrepro.profiles import PROFILES, Profile, get_profile
 
 logger = logging.getLogger("gcrepro")
 
-SPEC_SCHEMA = 1
+SPEC_SCHEMA = 2  # 2: ModelConfig.conventions (schema-1 models used torchvision's geometry)
 LABELS = ("coco", "toy", "coco-subset", "custom")
 MODEL_FIELDS = field_types(ModelConfig)
 TRAIN_FIELDS = field_types(TrainConfig)
@@ -89,13 +89,17 @@ def _shrunk_schedule(epochs: int, lr_steps: tuple[float, ...], divisor: int) -> 
 
 def resolve_configs(entry: Entry, *, profile: Profile, num_classes: int,
                     overrides: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """The paper's values for ``entry`` -> ``profile``'s overrides -> ``overrides`` (typed, from
-    :func:`parse_overrides`). ``epochs`` set without ``lr_steps`` keeps the steps at the same fractions."""
+    """The paper's values for ``entry`` -> ``profile``'s overrides -> the chosen conventions' preset
+    (``CONVENTION_PRESETS``: e.g. ``conventions=mmdet`` brings mmdetection's RoIAlign sampling) ->
+    ``overrides`` (typed, from :func:`parse_overrides`). ``epochs`` set without ``lr_steps`` keeps the steps at
+    the same fractions."""
     model: dict[str, Any] = {**entry_settings(entry), "num_classes": num_classes}
     train: dict[str, Any] = {"epochs": entry.epochs, "lr_steps": tuple(float(s) for s in entry.lr_steps)}
     if profile.schedule_divisor > 1:
         train["epochs"], train["lr_steps"] = _shrunk_schedule(train["epochs"], train["lr_steps"], profile.schedule_divisor)
-    for layer in (profile.overrides, overrides):
+    conventions = overrides.get("conventions", profile.overrides.get("conventions", "paper"))
+    preset = CONVENTION_PRESETS.get(conventions, {})
+    for layer in (profile.overrides, preset, overrides):
         changes = dict(layer)
         if "epochs" in changes and "lr_steps" not in changes:
             changes["lr_steps"] = tuple(round(s * changes["epochs"] / train["epochs"], 3) for s in train["lr_steps"])
@@ -191,9 +195,16 @@ class RunSpec:
         if int(values.get("schema", SPEC_SCHEMA)) > SPEC_SCHEMA:
             raise ConfigError(f"{where}: run spec schema {values['schema']} is newer than this gcrepro's "
                               f"({SPEC_SCHEMA}); update gcrepro")
+        model_values = dict(values["model"])
+        if "conventions" not in model_values:
+            # Written before the conventions existed: the model then ran torchvision's geometry (anchors, box
+            # coder, RoIAlign, mask pasting) with the training rules its other fields record.
+            model_values["conventions"] = "torchvision"
+            logger.warning("%s: a run spec from before the conventions: conventions=torchvision, the geometry "
+                           "it was trained with", where)
         try:
             data, _ = from_plain(DataSpec, dict(values["data"]), where=f"{where}: spec.data")
-            model, missing_model = from_plain(ModelConfig, dict(values["model"]), where=f"{where}: spec.model")
+            model, missing_model = from_plain(ModelConfig, model_values, where=f"{where}: spec.model")
             train, missing_train = from_plain(TrainConfig, dict(values["train"]), where=f"{where}: spec.train")
         except (ValueError, TypeError) as err:
             raise ConfigError(str(err)) from None

@@ -115,6 +115,13 @@ def test_resolution_order_paper_then_profile_then_user(tiny_toy: Path) -> None:
     six = resolve_run(1, data=tiny_toy, profile="paper", overrides=["epochs=6"])
     assert (six.train.epochs, six.train.lr_steps) == (6, (4.0, 5.5))
     assert resolve_run(1, data=tiny_toy, profile="paper", overrides=["epochs=6", "lr_steps=5"]).train.lr_steps == (5.0,)
+    # A convention brings its codebase's values (CONVENTION_PRESETS); the user's own overrides still win.
+    mmdet = resolve_run(1, data=tiny_toy, profile="paper", overrides=["conventions=mmdet"])
+    assert (mmdet.model.conventions, mmdet.model.roi_sampling_ratio) == ("mmdet", 0)
+    assert resolve_run(1, data=tiny_toy, overrides=["conventions=mmdet", "roi_sampling_ratio=2"]).model.roi_sampling_ratio == 2
+    tv = resolve_run(1, data=tiny_toy, profile="paper", overrides=["conventions=torchvision"]).model
+    assert (tv.box_smooth_l1_beta, tv.rpn_allowed_border, tv.rpn_min_pos_iou) == (1.0 / 9.0, None, None)
+    assert paper.model.conventions == "paper"
     with pytest.raises(ConfigError, match="profile 'huge'"):
         resolve_run(1, data=tiny_toy, profile="huge")
     with pytest.raises(ConfigError, match="gc_ratio"):  # ModelConfig's own consistency check, one line
@@ -134,6 +141,12 @@ def test_spec_round_trip_and_bad_saved_specs(tiny_toy: Path, caplog: pytest.LogC
     bad["train"]["max_iters"] = "many"
     with pytest.raises(ConfigError, match=r"ckpt.pth: spec.train: TrainConfig.max_iters='many'"):
         RunSpec.from_dict(bad, where="ckpt.pth")
+    schema1 = json.loads(json.dumps(saved))
+    schema1["schema"] = 1
+    del schema1["model"]["conventions"]
+    with caplog.at_level(logging.WARNING, logger="gcrepro"):
+        assert RunSpec.from_dict(schema1, where="old.pth").model == dataclasses.replace(spec.model, conventions="torchvision")
+    assert "before the conventions" in caplog.text
     with pytest.raises(ConfigError, match="no field 'model'"):
         RunSpec.from_dict({k: v for k, v in saved.items() if k != "model"}, where="ckpt.pth")
     with pytest.raises(ConfigError, match="newer"):
@@ -198,7 +211,8 @@ def test_old_checkpoints_and_metrics_still_load(tiny_toy: Path, tmp_path: Path, 
     old = tmp_path / "old.pth"
     torch.save(state, old)
     metrics = gcrepro.evaluate(1, checkpoint=old, work_dir=tmp_path / "eval_old")
-    assert metrics.spec.model == spec.model and metrics.label == "toy"
+    # before the conventions existed, models ran torchvision's geometry: that is what it is rebuilt with
+    assert metrics.spec.model == dataclasses.replace(spec.model, conventions="torchvision") and metrics.label == "toy"
     with pytest.raises(ConfigError, match=f"{old}.*trained for mask_rcnn_r50_fpn_1x, not mask_rcnn_r50_fpn_gc_r16_1x"):
         gcrepro.evaluate(2, checkpoint=old, work_dir=tmp_path / "wrong")
     # Weights alone (no run spec, no config): a checkpoint trained elsewhere, converted in memory; it records

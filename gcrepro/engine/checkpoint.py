@@ -125,6 +125,9 @@ def legacy_spec(state: dict[str, Any], path: str | Path, *, entry: str, profile:
                           "checkpoint? (weights only: build the model with gcrepro.build_model and load them)")
     overrides = {k: v for k, v in config.items() if k in TRAIN_FIELDS or k in MODEL_FIELDS}
     overrides.update({k: v for k, v in (config.get("model") or {}).items() if k in MODEL_FIELDS})
+    # Before the conventions existed, models ran torchvision's geometry with the upstream training rules.
+    overrides = {"conventions": "torchvision", "box_smooth_l1_beta": 1.0, "rpn_allowed_border": 0.0,
+                 "rpn_min_pos_iou": 0.3, **overrides}
     entry = config.get("entry") or entry
     saved_data = data if data is not None else (config.get("data") or None)
     logging.getLogger("gcrepro").warning(
