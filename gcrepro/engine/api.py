@@ -96,17 +96,19 @@ def _process_setup(work_dir: Path, *, gpus: int, cfg: TrainConfig) -> Iterator[t
     owns_group = not dist.is_initialized()
     device = dist.init_distributed(use_cuda=use_cuda)
     threads = torch.get_num_threads()
+    failed = True
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(work_dir if dist.get_rank() == 0 else None, rank=dist.get_rank())
         _flush_denormals(device, True)
         _cpu_threads(device, requested=cfg.cpu_threads, num_workers=cfg.num_workers, world=dist.get_world_size())
         yield device
+        failed = False
     finally:
         torch.set_num_threads(threads)
         _flush_denormals(device, False)
         if owns_group:
-            dist.destroy_distributed()
+            dist.destroy_distributed(synchronize=not failed)
 
 
 def _multi_process(gpus: int, nprocs: int) -> int:

@@ -74,8 +74,14 @@ def init_distributed(*, use_cuda: bool, timeout_s: float = 1800.0) -> torch.devi
     return device
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(*, synchronize: bool) -> None:
+    """Leave the process group. ``synchronize`` (a normal exit): every rank first waits for the others, so
+    no rank tears its gloo/NCCL connections down while another still uses them (seen: a rank aborting
+    with "terminate called without an active exception" when rank 0, which hosts the store, left first
+    under load). After an error there is no waiting: the other ranks may be gone."""
     if is_initialized():
+        if synchronize and get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
