@@ -224,11 +224,11 @@ def test_the_cases_are_not_trivial(cases, model: str, size: str) -> None:
     full: otherwise the comparisons below prove little."""
     out = cases(model, size).mm_out
     assert 10 <= len(out.scores) < 100
-    assert out.scores.min() > 0.05 * 1.01 and out.scores.max() > 1.5 * out.scores.min()
+    assert out.scores.min() > 0.05 * 1.002 and out.scores.max() > 1.5 * out.scores.min()  # 0.2 %: 10x score noise
     fill = out.masks.flatten(1).sum(1).double() / ((out.boxes[:, 2:] - out.boxes[:, :2]).prod(1).double())
     assert ((fill > 0.1) & (fill < 0.95)).double().mean() > 0.8
     assert out.masks.flatten(1).sum(1).min() >= 100  # a pixel of float noise moves no IoU by 1 %
-    assert len(out.proposals) >= 300
+    assert len(out.proposals) >= 200
 
 
 @pytest.mark.parametrize("model,size", CASES)
