@@ -78,7 +78,7 @@ def test_build_wires_each_conventions_parts(models) -> None:
     cascade = build_model(25, profile="toy", num_classes=5, conventions="paper", **FAST).roi_heads
     assert all(isinstance(c, DeltaBoxCoder) and c.geometry.pixel_offset == 1.0 for c in cascade.stage_box_coders)
     assert [c.weights for c in cascade.stage_box_coders] == [(10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),
-                                                             (30.0, 30.0, 15.0, 15.0)]
+                                                             (1 / 0.033, 1 / 0.033, 1 / 0.067, 1 / 0.067)]
 
 
 # ------------------------------------------------------------------ anchors

@@ -271,7 +271,7 @@ def test_cascade_structure(cascade_model) -> None:
     assert [m.high_threshold for m in heads.stage_matchers] == [0.5, 0.6, 0.7]
     assert [m.low_threshold for m in heads.stage_matchers] == [0.5, 0.6, 0.7]
     assert [c.weights for c in heads.stage_box_coders] == [(10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),
-                                                           (30.0, 30.0, 15.0, 15.0)]
+                                                           (1 / 0.033, 1 / 0.033, 1 / 0.067, 1 / 0.067)]
     assert heads.stage_loss_weights == (1.0, 0.5, 0.25)
     for p in heads.box_predictors:  # class-agnostic regression, 5 classes incl. background
         assert p.bbox_pred.out_features == 4 and p.cls_score.out_features == 5

@@ -120,17 +120,6 @@ def matched_detections(case: Case):
     return match_boxes(mm.boxes, gc.boxes, labels_a=mm.labels, labels_b=gc.labels, min_iou=0.9)
 
 
-def xfail_known_discrepancy(case: Case) -> None:
-    """gcrepro's cascade stage-3 box coder: ModelConfig.cascade_bbox_reg_weights[2] = (30, 30, 15, 15),
-    i.e. stds 1/30, 1/15, where mmdetection (configs/_base_/models/cascade-mask-rcnn_r50_fpn.py) and
-    the GCNet v1 configs say target_stds [0.033, 0.033, 0.067, 0.067] (weights 30.30, 14.93): stage-3
-    deltas differ by 1 %, boxes by ~5e-4 of their size, masks down to IoU 0.98. Measured with weights
-    1/0.033, 1/0.067: boxes 2e-6, mask IoU >= 0.9998. Runs for real once the config says so."""
-    weights = case.conv.model_config.cascade_bbox_reg_weights
-    if case.conv.model_config.cascade and abs(weights[-1][0] * 0.033 - 1.0) > 1e-6:
-        pytest.xfail(f"cascade stage-3 box coder weights {weights[-1]} are not 1 / (0.033, 0.033, 0.067, 0.067)")
-
-
 # --- the mmcv._ext stand-in: mmcv's argument conventions, against references that do not use it ---
 
 def test_standin_deform_conv_is_a_conv_at_zero_offset_and_reads_dy_dx() -> None:
@@ -252,7 +241,6 @@ def test_proposals(cases, model: str, size: str) -> None:
 @pytest.mark.parametrize("model,size", CASES)
 def test_detections(cases, model: str, size: str) -> None:
     case = cases(model, size)
-    xfail_known_discrepancy(case)
     mm, gc = case.mm_out, case.gc_out
     m = matched_detections(case)
     assert m.rate == 1.0, f"{len(m.a)} of {len(mm.scores)} (mmdet) / {len(gc.scores)} (gcrepro) matched"
@@ -264,7 +252,6 @@ def test_detections(cases, model: str, size: str) -> None:
 @pytest.mark.parametrize("model,size", CASES)
 def test_masks(cases, model: str, size: str) -> None:
     case = cases(model, size)
-    xfail_known_discrepancy(case)
     mm, gc = case.mm_out, case.gc_out
     m = matched_detections(case)
     assert mm.masks.shape[1:] == gc.masks.shape[1:] == case.batch.original_size

@@ -98,7 +98,7 @@ class ModelConfig:
     cascade_bbox_reg_weights: tuple[tuple[float, float, float, float], ...] = (
         (10.0, 10.0, 5.0, 5.0),  # target_stds [.1, .1, .2, .2]
         (20.0, 20.0, 10.0, 10.0),  # [.05, .05, .1, .1]
-        (30.0, 30.0, 15.0, 15.0),  # [.033, .033, .067, .067]
+        (1 / 0.033, 1 / 0.033, 1 / 0.067, 1 / 0.067),  # [.033, .033, .067, .067] (not 30, 15: detectron2's rounding)
     )
     cascade_stage_loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25)  # train_cfg.stage_loss_weights
     cascade_score_average: str = "logits"  # upstream averages raw cls_score over stages, then softmax; or "probs"
