@@ -103,3 +103,17 @@ def test_table_run_evaluates_released_checkpoints_without_training(released, tin
     report = pd.read_csv(runs / "report.csv")
     row = report.set_index("row").loc[8]
     assert row["data"] == "toy" and row["mmdet_box_ap"] == 40.4 and pd.isna(row["delta_box_ap"])
+
+
+def test_a_class_count_that_does_not_fit_the_data_is_refused(released, tmp_path: Path) -> None:
+    import json
+
+    path, _ = released
+    data = tmp_path / "two_classes"
+    (data / "val2017").mkdir(parents=True)
+    (data / "annotations").mkdir()
+    (data / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    with pytest.raises(ConfigError, match=r"two_classes: 2 categories, but the model .* was trained on 5"):
+        gcrepro.evaluate(8, checkpoint=path, data=data, work_dir=tmp_path / "w")
+    assert not (tmp_path / "w" / "metrics.json").exists()  # refused before anything ran
