@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -114,16 +115,46 @@ def test_custom_and_toy_profile_runs_are_never_compared_with_the_paper(tmp_path:
 
 
 def test_report_escapes_markup_from_run_folders(tmp_path: Path) -> None:
-    run_dir = _run(tmp_path, gcrepro.get_entry(1).name, box=5.0, mask=4.0)
-    raw = json.loads((run_dir / "metrics.json").read_text())
-    raw["mem_kind"] = "<script>alert(1)</script>"
-    raw["hardware"] = {"device": "cpu", "cpu": "<svg onload=alert(2)>"}
-    (run_dir / "metrics.json").write_text(json.dumps(raw))
-    run_status.write_status(tmp_path / "<b>x</b>", {"entry": "<img src=x onerror=alert(3)>", "state": "failed"})
-    _, _, html_path = report.write_report(tmp_path)
+    e1, e2 = gcrepro.get_entry(1), gcrepro.get_entry(2)
+    _run(tmp_path, e1.name, box=5.0, mask=4.0, data="custom")
+    _run(tmp_path, e2.name, box=6.0, mask=4.5, data="custom")
+    for run in (e1.name, e2.name):  # the dataset's folder name (labels, caption), mem_kind, every hardware field
+        raw = json.loads((tmp_path / run / "metrics.json").read_text())
+        raw["spec"]["data"]["name"] = raw["eval_data"]["name"] = "<svg onload=alert(1)>"
+        raw["mem_kind"] = "<script>alert(2)</script>"
+        raw["hardware"] = {"device": "<u>cpu</u>", "cpu": "<img src=x onerror=alert(3)>", "world_size": "<b>2</b>"}
+        (tmp_path / run / "metrics.json").write_text(json.dumps(raw))
+    frame, _, html_path = report.write_report(tmp_path)
+    assert list(frame["dataset"]) == ["<svg onload=alert(1)>"] * 2  # the CSV keeps the text as it is
     page = html_path.read_text()
-    assert "<script>alert" not in page and "<svg onload" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    for payload in ("<svg", "<script", "<img", "<u>", "<b>"):
+        assert payload not in page
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(3)&gt;" in page
+    assert page.count("&lt;svg onload=alert(1)&gt;") >= 3  # the dataset column (2 rows) and the caption
+
+
+def test_report_skips_folders_that_are_not_their_entry(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger("gcrepro"), "propagate", True)  # a training in this process turns it off
+    e1, e2 = gcrepro.get_entry(1), gcrepro.get_entry(2)
+    _run(tmp_path, e1.name, box=5.0, mask=4.0)
+    _run(tmp_path, e2.name, box=6.0, mask=4.5, folder="my_r50_gc_try")  # not an entry name
+    _run(tmp_path, e2.name, box=6.0, mask=4.5, folder="2")  # a row number is not the folder's name either
+    _run(tmp_path, e1.name, box=7.0, mask=5.0, folder=gcrepro.get_entry(3).name)  # row 1's numbers in row 3's folder
+    run_status.write_status(tmp_path / "<b onmouseover=alert(1)>x", {"entry": "<img src=x onerror=alert(2)>",
+                                                                      "state": "failed"})
+    (tmp_path / "notes").mkdir()  # no run files: not a run folder, nothing to say
+    with caplog.at_level(logging.WARNING, logger="gcrepro"):
+        frame, _, html_path = report.write_report(tmp_path)
+    assert list(frame["entry"]) == [e1.name] and frame.loc[0, "box_ap"] == 5.0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gcrepro"]
+    assert len(warnings) == 4 and all("\n" not in w for w in warnings)
+    assert any("'my_r50_gc_try' is not an entry name" in w for w in warnings)
+    assert any("'2' is not an entry name" in w for w in warnings)
+    assert any(f"its metrics.json records entry {e1.name!r}, not the folder's {gcrepro.get_entry(3).name!r}" in w
+               for w in warnings)
+    assert any("'<b onmouseover=alert(1)>x' is not an entry name" in w for w in warnings)
+    assert "my_r50_gc_try" not in html_path.read_text() and "alert" not in html_path.read_text()
 
 
 def test_report_of_missing_broken_and_old_runs(tmp_path: Path) -> None:

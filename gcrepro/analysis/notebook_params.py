@@ -3,11 +3,17 @@
 Each notebook has exactly one cell tagged ``parameters`` whose lines read
 ``name: type = default  # help``. ``papermill.inspect_notebook`` parses them; this
 file turns that into typed declarations and checks values (from Python or from
-``--set key=value`` strings) against them before anything runs.
+``--set key=value`` strings) against them before anything runs: the declared type,
+then the name's rule in ``RULES`` (ranges and choices). ``gcrepro table run`` checks
+with it before it starts a notebook; each notebook checks itself with it in the
+cell after its parameters (:func:`check_parameters`), so ``papermill -p`` gets the
+same one-line errors.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ KNOWN_TYPES: tuple[str, ...] = ("str", "int", "float", "bool", "dict", "list")
 
 
 class ParameterError(ValueError):
-    """A parameter that a notebook does not declare, or a value of the wrong type."""
+    """A parameter that a notebook does not declare, or a value of the wrong type or outside its rule."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +37,81 @@ class Param:
     type_name: str  # one of KNOWN_TYPES
     default: str  # the default as written in the notebook (source text)
     help: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a value must be beyond its type. ``check`` raises ValueError (one line: what is expected)."""
+
+    type_name: str  # the declared type the rule is written for; a parameter of another type skips it
+    check: Callable[[Any], None]
+
+
+def _at_least(low: int) -> Callable[[Any], None]:
+    def check(value: int) -> None:
+        if value < low:
+            raise ValueError(f"expected an integer >= {low}, got {value!r}")
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], None]:
+    def check(value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"expected one of {'|'.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _entry(value: str) -> None:
+    from gcrepro.entries import get_entry
+
+    get_entry(value)  # EntryNotFound names the value and close matches
+
+
+def _profile(value: str) -> None:
+    from gcrepro.profiles import PROFILES
+
+    _one_of(*PROFILES)(value)
+
+
+def _device(value: str) -> None:
+    if value == "":
+        return
+    import torch
+
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"expected '' (cuda when available) or a torch device (cpu, cuda, cuda:1, ...), "
+                         f"got {value!r}") from None
+
+
+def _overrides(value: dict) -> None:
+    from gcrepro.runspec import parse_overrides
+
+    parse_overrides(value, source="overrides")  # the engine's own parser: ConfigError names the key
+
+
+def _spec(value: dict) -> None:
+    if value:
+        from gcrepro.runspec import RunSpec
+
+        RunSpec.from_dict(value, where="spec")
+
+
+# Rules by parameter name: a name means the same in every notebook that declares it (as ``--set NAME``
+# sets it in each of them).
+RULES: dict[str, Rule] = {
+    "entry": Rule("str", _entry),
+    "profile": Rule("str", _profile),
+    "gpus": Rule("int", _at_least(0)),
+    "num_images": Rule("int", _at_least(1)),
+    "device": Rule("str", _device),
+    "resume": Rule("str", _one_of("no", "yes", "auto")),
+    "overrides": Rule("dict", _overrides),
+    "spec": Rule("dict", _spec),
+}
 
 
 def notebooks_dir() -> Path:
@@ -78,7 +159,8 @@ def declared_params(path: Path) -> dict[str, Param]:
 
 
 def check_value(param: Param, value: Any, *, where: str) -> Any:
-    """Return ``value`` converted to the declared type (int -> float only), or raise ParameterError."""
+    """Return ``value`` converted to the declared type (int -> float only), or raise ParameterError when it has
+    another type or breaks the name's rule (``RULES``)."""
     ok: bool
     if param.type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -92,7 +174,47 @@ def check_value(param: Param, value: Any, *, where: str) -> Any:
         raise ParameterError(
             f"{where}: parameter {param.name!r} is {param.type_name} ({param.help}); got {value!r} ({type(value).__name__})"
         )
+    rule = RULES.get(param.name)
+    if rule is not None and rule.type_name == param.type_name:
+        try:
+            rule.check(value)
+        except (ValueError, LookupError) as err:
+            raise ParameterError(f"{where}: parameter {param.name!r}: {err}") from None
     return value
+
+
+# The first line of the cell papermill injects after the parameters cell (its Python translator's comment).
+PAPERMILL_CELL = "# Parameters"
+PAPERMILL_NAMES = ("PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")  # papermill --inject-paths
+
+
+def injected_names(history: Sequence[str]) -> list[str]:
+    """The names the latest papermill-injected cell among ``history`` (IPython's ``In``: the cells run so far)
+    assigns, in order; [] when papermill injected nothing."""
+    for source in reversed(history):
+        if source.lstrip().split("\n", 1)[0].strip() == PAPERMILL_CELL:
+            names = []
+            for node in ast.parse(source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+            return names
+    return []
+
+
+def check_parameters(namespace: Mapping[str, Any], notebook: str, *, directory: Path | None = None) -> None:
+    """A notebook's first cell after its parameters: ``check_parameters(globals(), "train")``.
+
+    Checks every declared parameter's value in ``namespace`` (type, then ``RULES``) and refuses a name
+    papermill injected that the notebook does not declare (``papermill -p NAME VALUE``: papermill itself
+    only warns). Injected names are read from the injected cell's source in IPython's input history
+    (``In``), so running the cell again interactively, after later cells defined more names, still passes.
+    Raises ParameterError, one line, as ``gcrepro table run`` does for the same value (same checks).
+    """
+    declared = declared_params(notebook_path(notebook, directory))
+    injected = [n for n in injected_names(namespace.get("In") or ()) if n not in PAPERMILL_NAMES]
+    names = injected + [n for n in declared if n not in injected]
+    values = {name: namespace[name] for name in names if name in namespace}
+    apply_sets({notebook: values}, [], {notebook: declared})
 
 
 def parse_cli_value(text: str, type_name: str) -> Any:

@@ -4,6 +4,7 @@ Everything a script would need lives here (or deeper in gcrepro), not in a noteb
 """
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def checkpoint_for(run_dir: Path, checkpoint: str) -> Path:
             "first, with the same work_dir, or set the checkpoint parameter"
         )
     return found
+
+
+def styled(frame: pd.DataFrame, *, caption: str, precision: int,
+           na_rep: str = "—") -> pd.io.formats.style.Styler:
+    """``frame`` as a Styler whose cells, labels and caption are HTML-escaped: the one way a table becomes HTML
+    here (folder names, metrics.json and status.json are user input: ``<script>`` must stay text)."""
+    return (frame.style.format(precision=precision, na_rep=na_rep, escape="html")
+            .format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+            .set_caption(html.escape(caption)))
 
 
 def coco_table(metrics: RunMetrics) -> pd.DataFrame:

@@ -3,6 +3,8 @@
 Reads every ``RUNS_DIR/<entry>/{status.json,metrics.json}`` (metrics through the one typed
 reader, :mod:`gcrepro.run_metrics`), joins them with the paper's table (``gcrepro.list_entries()``)
 and writes ``RUNS_DIR/report.csv`` and ``RUNS_DIR/report.html`` (a pandas Styler, Δ coloured by size).
+Folders not named after an entry, or holding another entry's files, are skipped with a warning. Every
+string from a run folder is HTML-escaped (:func:`gcrepro.analysis.notebook_support.styled`).
 
 Every run's numbers carry their label (:func:`gcrepro.runspec.label_of`) in the ``data`` column, in
 their cells and in the caption. Only ``coco`` runs (the paper profile on COCO val2017) get a Δ to the
@@ -19,7 +21,7 @@ from typing import Any, Iterable, Protocol
 import pandas as pd
 
 from gcrepro.analysis import run_status
-from gcrepro.analysis.notebook_support import hardware_text
+from gcrepro.analysis.notebook_support import hardware_text, styled
 from gcrepro.atomic import write_text_atomic
 from gcrepro.mmdet_zoo import SOURCE as MMDET_SOURCE
 from gcrepro.mmdet_zoo import mmdet_model_of
@@ -79,17 +81,36 @@ AP_COLUMNS = ("box_ap", "mask_ap", "gc_gain_box_ap", "gc_gain_mask_ap")
 DELTA_COLUMNS = ("delta_box_ap", "delta_mask_ap")
 
 
-def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """One record per entry folder holding status.json or metrics.json: {"entry", "state", "metrics", "dir"}."""
+def load_runs(runs_dir: Path, *, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One record per entry folder holding status.json or metrics.json: {"entry", "state", "metrics", "dir"}.
+
+    A run folder is ``RUNS_DIR/<entry name>`` (``names``: the table's; default gcrepro's). A folder with
+    run files under any other name, or whose metrics.json / status.json records another entry, is skipped
+    with a warning naming it: its numbers are not known to be the row's.
+    """
+    if names is None:
+        import gcrepro
+
+        names = [e.name for e in gcrepro.list_entries()]
+    names = set(names)
     runs = []
     for run_dir in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()):
         status = run_status.read_status(run_dir)
         metrics = read_metrics(run_dir) if (run_dir / "metrics.json").is_file() else None
         if status is None and metrics is None:
             continue
+        if run_dir.name not in names:
+            logger.warning("report: %s skipped: %r is not an entry name (run folders are RUNS_DIR/<entry name>; "
+                           "`gcrepro table list`)", run_dir, run_dir.name)
+            continue
+        recorded = {"metrics.json": metrics.entry if metrics else None, "status.json": (status or {}).get("entry")}
+        other = [(file, str(entry)) for file, entry in recorded.items() if entry and str(entry) != run_dir.name]
+        if other:
+            logger.warning("report: %s skipped: its %s records entry %r, not the folder's %r",
+                           run_dir, *other[0], run_dir.name)
+            continue
         state = status["state"] if status else "done"
-        name = metrics.entry if metrics else (status or {}).get("entry") or run_dir.name
-        runs.append({"entry": str(name), "state": state, "metrics": metrics, "dir": str(run_dir)})
+        runs.append({"entry": run_dir.name, "state": state, "metrics": metrics, "dir": str(run_dir)})
     return runs
 
 
@@ -191,18 +212,19 @@ def style_report(frame: pd.DataFrame, runs: list[dict[str, Any]] | None = None) 
     """A Styler for JupyterLab and report.html: grouped headers, Δ coloured, non-COCO cells marked with their label."""
     shown = frame.copy()
     shown.columns = pd.MultiIndex.from_tuples([COLUMNS[c] for c in frame.columns])
-    styler = shown.style.hide(axis="index")
-    styler = styler.format(precision=1, na_rep="—", escape="html")  # run folders and metrics.json are user input
+    # Cells, headers and caption escaped (dataset names, mem_kind, hardware come from run folders); the
+    # formats below apply to numbers only.
+    styler = styled(shown, caption=caption(frame, runs), precision=1).hide(axis="index")
     for col in ("train_s_per_iter", "paper_train_s_per_iter"):
         styler = styler.format("{:.3f}", subset=[COLUMNS[col]], na_rep="—")
     styler = styler.format(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{int(v)}",
                            subset=[COLUMNS["row"]])
     for label in sorted(set(frame["data"]) - {"coco", ""}):
         rows = frame.index[frame["data"] == label]
-        styler = styler.format(lambda v, label=label: "—" if math.isnan(v) else f"{v:.1f}\u00a0{label}",
+        text = html.escape(label)
+        styler = styler.format(lambda v, text=text: "—" if math.isnan(v) else f"{v:.1f}\u00a0{text}",
                                subset=(rows, [COLUMNS[c] for c in AP_COLUMNS]))
     styler = styler.map(_delta_css, subset=[COLUMNS[c] for c in DELTA_COLUMNS])
-    styler = styler.set_caption(html.escape(caption(frame, runs)))
     styler = styler.set_table_styles([
         {"selector": "caption", "props": "caption-side: top; text-align: left; padding: 4px 0 8px; max-width: 90em"},
         {"selector": "th", "props": "text-align: center; padding: 2px 8px"},
@@ -220,7 +242,8 @@ def write_report(runs_dir: Path, *, entries: Iterable[EntryLike] | None = None) 
         import gcrepro
 
         entries = gcrepro.list_entries()
-    runs = load_runs(runs_dir)
+    entries = list(entries)
+    runs = load_runs(runs_dir, names=[e.name for e in entries])
     frame = report_frame(runs, entries)
     csv_path, html_path = runs_dir / "report.csv", runs_dir / "report.html"
     write_text_atomic(csv_path, frame.to_csv(index=False, float_format="%.4g"))
