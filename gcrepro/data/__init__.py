@@ -12,6 +12,7 @@ Public API::
     make_toy_dataset(out, *, seed=0, num_train=512, num_val=64, image_size=160) -> Path
     ensure_toy(path=None, seed=0) -> Path
     describe_data(data) -> DataSpec           # root, kind (toy | coco | coco-subset | custom), val fingerprint
+    check_split(dataset, purpose="train" | "eval")   # DataError when a split cannot serve its purpose
     DataError                                   # one-line message naming the bad file / id
 """
 from __future__ import annotations
@@ -19,12 +20,13 @@ from __future__ import annotations
 __all__ = [
     "CocoInstances",
     "DataError",
-    "build_loader",
-    "set_epoch",
-    "make_toy_dataset",
-    "ensure_toy",
-    "describe_data",
     "DataSpec",
+    "build_loader",
+    "check_split",
+    "describe_data",
+    "ensure_toy",
+    "make_toy_dataset",
+    "set_epoch",
 ]
 
 _WHERE = {
@@ -36,6 +38,7 @@ _WHERE = {
     "ensure_toy": "toy",
     "describe_data": "identity",
     "DataSpec": "identity",
+    "check_split": "split_check",
 }
 
 

@@ -19,7 +19,9 @@ Category ids: COCO ids are sorted and mapped to labels 1..K (``cat_id_to_label``
 Filtering, as upstream mmdetection / torchvision references do: crowd annotations are dropped
 (from targets; COCOeval still reads them from the JSON), degenerate boxes (w or h < 1 pixel) are
 dropped with one warning line each naming the annotation id and the file, and in training images
-left without annotations are skipped. Evaluation (``train=False``) keeps every image.
+left without annotations are skipped. Evaluation (``train=False``) keeps every image. Annotations
+whose image_id is not in ``images`` are ignored with one warning line (their count and the first).
+A training-mode dataset with no usable image is a ``DataError`` (``check_split``).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from torch.utils.data import Dataset
 
 from gcrepro.data.errors import DataError
 from gcrepro.data.serialized import SerializedList
+from gcrepro.data.split_check import check_split
 from gcrepro.data.transforms import flip_decision, hflip
 
 logger = logging.getLogger("gcrepro.data")
@@ -66,15 +69,11 @@ def decode_segmentation(segmentation: list | dict, height: int, width: int) -> n
     return mask_utils.decode(rle)
 
 
-def load_coco(ann_file: Path | str) -> COCO:
-    """A pycocotools ``COCO`` for ``ann_file``; raises ``DataError`` (one line) for a missing file,
+def read_instances(ann_file: Path, raw: bytes) -> dict:
+    """The COCO instances dict of ``ann_file`` (its bytes ``raw``); raises ``DataError`` (one line) for
     invalid JSON (with line and column) or a file that is not a COCO instances file."""
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise DataError(f"annotation file not found: {ann_file}")
     try:
-        with open(ann_file, "rb") as f:
-            dataset = json.load(f)
+        dataset = json.loads(raw)
     except json.JSONDecodeError as e:
         raise DataError(f"{ann_file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
     except UnicodeDecodeError as e:
@@ -84,8 +83,31 @@ def load_coco(ann_file: Path | str) -> COCO:
     for key in ("images", "annotations", "categories"):
         if not isinstance(dataset.get(key), list):
             raise DataError(f"{ann_file}: not a COCO instances file: missing list {key!r}")
+    return dataset
+
+
+def read_annotation_file(ann_file: Path | str) -> bytes:
+    """The bytes of ``ann_file``; ``DataError`` naming it when it is not there."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DataError(f"annotation file not found: {ann_file}")
+    return ann_file.read_bytes()
+
+
+def image_fields_missing(ann_file: Path, info: dict) -> str:
+    """The one-line error for an ``images`` entry without file_name, height or width ("" when complete)."""
+    missing = [k for k in ("file_name", "height", "width") if k not in info]
+    if not missing:
+        return ""
+    return f"{ann_file}: image {info.get('id')} has no {missing[0]!r} (COCO 'images' entries need file_name, height, width)"
+
+
+def load_coco(ann_file: Path | str) -> COCO:
+    """A pycocotools ``COCO`` for ``ann_file``; raises ``DataError`` (one line) for a missing file,
+    invalid JSON (with line and column) or a file that is not a COCO instances file."""
+    ann_file = Path(ann_file)
     coco = COCO()
-    coco.dataset = dataset
+    coco.dataset = read_instances(ann_file, read_annotation_file(ann_file))
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
         coco.createIndex()
     return coco
@@ -134,6 +156,7 @@ class CocoInstances(Dataset):
         self.label_to_cat_id: dict[int, int] = {label: cat_id for cat_id, label in self.cat_id_to_label.items()}
         self.class_names: list[str] = ["__background__"] + [self.coco.cats[c]["name"] for c in cat_ids]
         self.num_classes = len(cat_ids) + 1  # background included
+        self._warn_orphans()
 
         records = []  # one per dataset item: image info + usable annotations, plain data only
         for image_id in sorted(self.coco.imgs):
@@ -141,9 +164,9 @@ class CocoInstances(Dataset):
             if self.train and not anns:
                 continue  # as upstream: training skips images without (usable) annotations
             info = self.coco.imgs[image_id]
-            missing = [k for k in ("file_name", "height", "width") if k not in info]
+            missing = image_fields_missing(self.ann_file, info)
             if missing:
-                raise DataError(f"{self.ann_file}: image {image_id} has no {missing[0]!r} (COCO 'images' entries need file_name, height, width)")
+                raise DataError(missing)
             records.append({
                 "id": image_id,
                 "file_name": info["file_name"],
@@ -152,8 +175,20 @@ class CocoInstances(Dataset):
                 "anns": [{k: a[k] for k in ("id", "bbox", "category_id", "segmentation")} for a in anns],
             })
         self.ids: list[int] = [r["id"] for r in records]  # dataset index -> COCO image id
+        self.num_annotations = sum(len(r["anns"]) for r in records)  # usable ones, on the items
         self._aspect_ratios = [r["width"] / r["height"] for r in records]
         self._records = SerializedList(records)  # workers read this, never self.coco (see serialized.py)
+        if self.train:
+            check_split(self, purpose="train")
+
+    def _warn_orphans(self) -> None:
+        """One warning line for annotations whose image_id is not in 'images' (no item reads them)."""
+        orphans = [a for a in self.coco.dataset["annotations"] if a.get("image_id") not in self.coco.imgs]
+        if orphans:
+            logger.warning(
+                "%s: ignoring %d annotation(s) whose image_id is not in 'images' (first: annotation %s, image id %r)",
+                self.ann_file, len(orphans), orphans[0].get("id"), orphans[0].get("image_id"),
+            )
 
     def _usable(self, ann: dict) -> bool:
         if ann.get("category_id") not in self.cat_id_to_label:
