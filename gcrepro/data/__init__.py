@@ -12,6 +12,8 @@ Public API::
     make_toy_dataset(out, *, seed=0, num_train=512, num_val=64, image_size=160) -> Path
     ensure_toy(path=None, seed=0) -> Path
     describe_data(data) -> DataSpec           # root, kind (toy | coco | coco-subset | custom), val fingerprint
+    check_images(root, split, *, images=None, workers=None, use_cache=True) -> ImageCheck
+                                                # every listed image: exists, decodes, size, not cut off (cached)
     check_split(dataset, purpose="train" | "eval")   # DataError when a split cannot serve its purpose
     DataError                                   # one-line message naming the bad file / id
 """
@@ -21,7 +23,9 @@ __all__ = [
     "CocoInstances",
     "DataError",
     "DataSpec",
+    "ImageCheck",
     "build_loader",
+    "check_images",
     "check_split",
     "describe_data",
     "ensure_toy",
@@ -38,6 +42,8 @@ _WHERE = {
     "ensure_toy": "toy",
     "describe_data": "identity",
     "DataSpec": "identity",
+    "check_images": "check",
+    "ImageCheck": "check",
     "check_split": "split_check",
 }
 

@@ -27,14 +27,12 @@ Deterministic: every image is drawn from its own ``numpy`` generator seeded with
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +40,8 @@ from PIL import Image
 
 from gcrepro.atomic import write_json_atomic
 from gcrepro.data.errors import DataError
+from gcrepro.data.file_lock import exclusive_lock
 from gcrepro.data.toy_shapes import CATEGORIES, annotation, render_image
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no inter-process lock; the temporary-folder rename still protects readers
-    fcntl = None
 
 logger = logging.getLogger("gcrepro.data")
 
@@ -164,19 +158,11 @@ def _is_complete(root: Path, *, seed: int, num_train: int, num_val: int, image_s
     return True
 
 
-@contextlib.contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
-    """Exclusive lock beside ``root`` so concurrent callers (training ranks) build it once."""
+def _build_lock_file(root: Path) -> Path:
+    """The lock beside ``root`` under which concurrent callers (training ranks) build it once."""
     root.parent.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha1(str(root).encode()).hexdigest()[:16]  # lock outside the data folder: no clutter
-    with open(Path(tempfile.gettempdir()) / f"gcrepro-toy-{key}.lock", "a") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    return Path(tempfile.gettempdir()) / f"gcrepro-toy-{key}.lock"
 
 
 def ensure_toy(
@@ -201,7 +187,7 @@ def ensure_toy(
     spec = {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
     if root.is_dir() and _is_complete(root, **spec):
         return root
-    with _build_lock(root):
+    with exclusive_lock(_build_lock_file(root)):
         if root.is_dir() and _is_complete(root, **spec):  # another process built it meanwhile
             return root
         if root.exists() and not (root.is_dir() and _looks_like_toy(root)):
