@@ -1,12 +1,20 @@
 """The ``gcrepro`` command line.
 
 Each area adds its own subcommands through an explicit ``register(subparsers)``
-function; this file only lists them.
+function; this file lists them and says how a command ends on an error (:func:`run_command`):
+
+- bad input (an unknown entry or key, missing data, a bad checkpoint, a run folder that is a file, not
+  writable, full or in use, ``--resume`` with nothing to resume): one line on stderr, exit code 2;
+- a run that failed (a NaN loss, a failed worker): one line, exit code 1;
+- anything else: one line pointing to the traceback, appended to the run's log.txt, exit code 1;
+  ``--debug`` raises every error with its traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +37,61 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_cli.register(sub, table_sub)  # gcrepro table run / report, gcrepro demo
     convert_cli.register(sub)  # gcrepro convert
     return parser
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="raise errors with their traceback here (default: one line; the traceback of an "
+                        "unexpected error goes to the run's log.txt)")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors of bad input: their message is one line, printable as is."""
+    from gcrepro.convert.errors import ConvertError
+    from gcrepro.data.errors import DataError
+    from gcrepro.engine.checkpoint import CheckpointError
+    from gcrepro.engine.config import ConfigError
+    from gcrepro.entries import EntryNotFound
+    from gcrepro.run_dir import RunDirError
+    from gcrepro.run_lock import RunDirInUse
+    from gcrepro.run_metrics import MetricsError
+
+    return (ConfigError, ConvertError, DataError, EntryNotFound, MetricsError, CheckpointError, RunDirError,
+            RunDirInUse, FileExistsError, FileNotFoundError)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run_command(prog: str, body: Callable[[], int], *, debug: bool, folder: Path | None,
+                run_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """``body()``'s exit code; an error ends as the module docstring says. ``folder``: the run folder (its
+    log.txt receives an unexpected error's traceback; OS errors of writes in it become one line)."""
+    from gcrepro.engine.logs import append_traceback
+    from gcrepro.run_dir import as_run_dir_error
+
+    try:
+        return body()
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, user_errors()):
+            return fail(prog, first_line(err), 2)
+        if isinstance(err, run_errors):
+            return fail(prog, first_line(err), 1)
+        translated = as_run_dir_error(err, folder) if folder is not None else None
+        if translated is not None:
+            return fail(prog, str(translated), 2)
+        log = append_traceback(folder, err, command=prog) if folder is not None else None
+        where = f"traceback in {log}; --debug prints it here" if log is not None else "--debug prints the traceback"
+        return fail(prog, f"{type(err).__name__}: {first_line(err)} ({where})", 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ work_dir: str = ""  # run folder
 '''
 FAKES = {
     "train": (COMMON + 'profile: str = "toy"  # profile\ngpus: int = 0  # gpus\noverrides: dict = {}  # engine overrides\n'
-              'resume: bool = False  # resume\nspec: dict = {}  # resolved run\n',
+              'resume: str = "no"  # no | yes | auto\nspec: dict = {}  # resolved run\n',
               f'assert spec["entry"] == entry\nif entry == "{BAD}":\n    raise RuntimeError("boom in " + entry)'),
     "evaluate": (COMMON + 'gpus: int = 0  # gpus\ncheckpoint: str = ""  # checkpoint\n',
                  'import json, pathlib\n'
@@ -141,7 +141,7 @@ def test_failure_isolation_and_skip_completed(tmp_path: Path, fake_notebooks: Pa
     assert _calls(good) == ["train", "evaluate", "attention"]
     assert _calls(bad) == ["train", "train"]
     assert (bad / "checkpoints" / "latest.pth").is_file()
-    assert plans[1].params["train"]["resume"] is True
+    assert plans[1].params["train"]["resume"] == "auto"
 
     # Other parameters for a completed entry: kept, not silently overwritten.
     changed = table_runner.plan_table([GOOD], runs_dir=runs, notebooks=fake_notebooks, data=toy_spec,

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gcrepro.cli import add_debug_flag
+
 
 def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAction) -> None:
     run = table_sub.add_parser(
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
                      help="evaluate released checkpoints instead of training: every selected entry whose checkpoint "
                      "is in DIR (mmdetection's released file names, or inferred from the weights); --data defaults "
                      "to data/coco")
+    add_debug_flag(run)
     run.set_defaults(func=_cmd_run)
 
     report = table_sub.add_parser("report", help="write RUNS_DIR/report.html and report.csv from the runs there")
@@ -58,15 +61,20 @@ def _fail(prog: str, message: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from gcrepro.analysis import table_runner
     from gcrepro.analysis.notebook_params import ParameterError, parse_set_args
+    from gcrepro.cli import run_command
+    from gcrepro.paths import default_runs_dir
 
     try:
         entries = table_runner.select_entries(args.entries, args.rows)
         sets = parse_set_args(args.sets)
     except ParameterError as exc:
         return _fail("gcrepro table run", str(exc))
-    return table_runner.table_run(entries, runs_dir=args.runs_dir, data=args.data, profile=args.profile,
-                                  gpus=args.gpus, sets=sets, force=args.force, jobs=args.jobs, prog="gcrepro table run",
-                                  checkpoints=args.checkpoints)
+    runs_dir = (args.runs_dir or default_runs_dir()).expanduser().resolve()
+    return run_command(
+        "gcrepro table run", lambda: table_runner.table_run(
+            entries, runs_dir=runs_dir, data=args.data, profile=args.profile, gpus=args.gpus, sets=sets,
+            force=args.force, jobs=args.jobs, prog="gcrepro table run", checkpoints=args.checkpoints),
+        debug=args.debug, folder=runs_dir)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -7,7 +7,10 @@ error. Every parameter is checked against the notebooks' own declarations, and e
 entry's run is resolved (:func:`gcrepro.runspec.resolve_run`), before anything runs:
 train.ipynb receives the resolved RunSpec itself, evaluate and attention read it from
 the checkpoint. A failing entry keeps its error and its failing notebook while the
-others still run; completed entries are skipped unless ``force``.
+others still run; completed entries are skipped unless ``force``. The runner holds each entry's run
+folder (:mod:`gcrepro.run_lock`) from before it reads, clears or resumes it until its notebooks are
+done; the notebooks' kernels, its children, enter it. An entry whose folder another process holds is
+skipped, untouched, with one line naming the holder (also with ``force``).
 
 ``table_run`` is the whole command (``gcrepro table run``, ``gcrepro demo``): plan, run, report.
 """
@@ -26,6 +29,7 @@ from typing import Any, Callable, TextIO
 from gcrepro.analysis import notebook_params as nbp
 from gcrepro.analysis import run_status
 from gcrepro.data.identity import DataSpec
+from gcrepro.run_lock import LOCK_FILE, RunDirInUse, hold_run_dir
 from gcrepro.runspec import RunSpec
 
 KERNEL_NAME = "python3"
@@ -33,6 +37,7 @@ KERNEL_NAME = "python3"
 # one-line-per-entry progress (failures still reach status.json and the executed notebook).
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+IN_USE = "in use"  # run_table's state for an entry whose folder another process holds (never written)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +57,9 @@ def base_params(entry: str, run_dir: Path, *, gpus: int) -> dict[str, dict[str, 
     train.ipynb's ``spec`` is added once the entry's run is resolved."""
     common = {"entry": entry, "work_dir": str(run_dir)}
     return {
-        # resume: a failed entry's re-run continues its training (a finished training returns at once).
-        "train": {**common, "gpus": gpus, "resume": True},
+        # resume "auto": a failed entry's re-run continues its training (a finished training returns at once);
+        # a cleared or new folder starts one.
+        "train": {**common, "gpus": gpus, "resume": "auto"},
         "evaluate": {**common, "gpus": gpus},
         "attention": {**common, "interactive": False},
     }
@@ -64,6 +70,18 @@ RESERVED = {"entry": "--entries/--rows", "data": "--data", "work_dir": "--runs-d
             "gpus": "--gpus", "interactive": "the runner (always False headless)",
             "resume": "the runner (a failed entry resumes; --force starts afresh)",
             "spec": "the runner (the run resolved from --data, --profile and --set overrides.KEY)"}
+
+
+def _check_gpus(gpus: int) -> None:
+    from gcrepro.engine.api import check_gpus
+    from gcrepro.engine.config import ConfigError
+
+    if gpus < 0:
+        raise nbp.ParameterError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs")
+    try:
+        check_gpus(gpus)
+    except ConfigError as exc:
+        raise nbp.ParameterError(str(exc)) from None
 
 
 def plan_table(
@@ -86,8 +104,7 @@ def plan_table(
 
     if profile not in PROFILES:
         raise nbp.ParameterError(f"--profile {profile!r}: expected one of {'|'.join(PROFILES)}")
-    if gpus < 0:
-        raise nbp.ParameterError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs")
+    _check_gpus(gpus)
     if not entries:
         raise nbp.ParameterError("no entries selected")
     if len(set(entries)) != len(entries):
@@ -172,8 +189,7 @@ def plan_checkpoints(
     folder = Path(checkpoints).expanduser().resolve()
     if not folder.is_dir():
         raise nbp.ParameterError(f"--checkpoints {folder}: not a folder of checkpoint files")
-    if gpus < 0:
-        raise nbp.ParameterError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs")
+    _check_gpus(gpus)
     if not entries:
         raise nbp.ParameterError("no entries selected")
     declared = {nb: nbp.declared_params(nbp.notebook_path(nb, notebooks)) for nb in EVAL_NOTEBOOKS}
@@ -252,12 +268,12 @@ def run_entry(
     released checkpoint); return its final status (never raises for a notebook failure).
 
     ``fresh`` empties the run folder first (checkpoints included); otherwise training resumes
-    from the folder's latest checkpoint, if any.
+    from the folder's latest checkpoint, if any. The caller holds the folder (``hold_run_dir``; run_table does).
     """
     import papermill
 
     if fresh and plan.run_dir.exists():
-        shutil.rmtree(plan.run_dir)
+        _clear(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     status = {"entry": plan.entry, "state": "running", "started": run_status.now_iso(), "finished": None,
               "timings": {}, "error": None, "failed_notebook": None, "traceback": None}
@@ -291,6 +307,17 @@ def run_entry(
     status.update(state="done", finished=run_status.now_iso())
     run_status.write_status(plan.run_dir, status)
     return status
+
+
+def _clear(run_dir: Path) -> None:
+    """Empty a run folder but for its lock file (the runner holds it)."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _same_params(plan: EntryPlan) -> bool:
@@ -332,7 +359,8 @@ def run_table(
     stream: TextIO | None = None,
     jobs: int = 1,
 ) -> list[dict]:
-    """Run planned entries; one progress line per entry. Returns each entry's status (in plan order).
+    """Run planned entries; one progress line per entry. Returns each entry's status (in plan order); an
+    entry whose folder another process holds is not touched: ``{"entry", "state": IN_USE, "error"}``.
 
     ``jobs`` > 1 runs that many entries at once (each in its own kernel process and run folder):
     on a CPU the toy profile trains with one compute thread, so 2-3 entries share 2 cores well.
@@ -344,24 +372,12 @@ def run_table(
         line: list[str] = []
         echo = line.append if jobs > 1 else (lambda text: (stream.write(text), stream.flush()))
         echo(f"[{i}/{len(plans)}] {plan.entry}:")
-        skip, why = (False, "") if force else completed(plan)
-        if skip:
-            echo(f" skipped, {why}\n")
-            status = run_status.read_status(plan.run_dir)
-        else:
-            # A failed or interrupted attempt with the same parameters resumes; anything else starts afresh.
-            fresh = force or not (plan.run_dir / run_status.STATUS_FILE).exists() or not _same_params(plan)
-            if fresh and plan.run_dir.exists() and any(plan.run_dir.iterdir()):
-                echo(" (previous results cleared)")
-            elif not fresh:
-                echo(" (resuming)")
-            t0 = time.perf_counter()
-            status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo)
-            took = time.perf_counter() - t0
-            if status["state"] == "done":
-                echo(f" -> done in {took:.0f}s: {_summary(plan.run_dir)}\n")
-            else:
-                echo(f" -> FAILED in {took:.0f}s: {status['error']} (see {status['failed_notebook']})\n")
+        try:
+            with hold_run_dir(plan.run_dir, option="--runs-dir"):
+                status = _run_held(plan, force=force, notebooks=notebooks, echo=echo)
+        except RunDirInUse as busy:
+            echo(f" skipped: {busy}\n")
+            status = {"entry": plan.entry, "state": IN_USE, "error": str(busy)}
         if jobs > 1:
             with lock:
                 stream.write("".join(line))
@@ -373,6 +389,28 @@ def run_table(
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(one, i, plan) for i, plan in enumerate(plans, 1)]
         return [f.result() for f in futures]
+
+
+def _run_held(plan: EntryPlan, *, force: bool, notebooks: Path | None, echo: Callable[[str], None]) -> dict:
+    """One entry in a folder this process holds: skip it if completed, else run it (fresh or resuming)."""
+    skip, why = (False, "") if force else completed(plan)
+    if skip:
+        echo(f" skipped, {why}\n")
+        return run_status.read_status(plan.run_dir)
+    # A failed or interrupted attempt with the same parameters resumes; anything else starts afresh.
+    fresh = force or not (plan.run_dir / run_status.STATUS_FILE).exists() or not _same_params(plan)
+    if fresh and any(p.name != LOCK_FILE for p in plan.run_dir.iterdir()):
+        echo(" (previous results cleared)")
+    elif not fresh:
+        echo(" (resuming)")
+    t0 = time.perf_counter()
+    status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo)
+    took = time.perf_counter() - t0
+    if status["state"] == "done":
+        echo(f" -> done in {took:.0f}s: {_summary(plan.run_dir)}\n")
+    else:
+        echo(f" -> FAILED in {took:.0f}s: {status['error']} (see {status['failed_notebook']})\n")
+    return status
 
 
 def run_report_notebook(runs_dir: Path, *, notebooks: Path | None = None) -> Path:
@@ -419,10 +457,11 @@ def table_run(
     prog: str = "gcrepro table run",
     checkpoints: Path | None = None,
 ) -> int:
-    """Validate everything, then run the entries and build the report. 0: all done; 1: something failed;
-    2: bad input (one line on stderr); 130: interrupted. With ``checkpoints`` (a folder of released
-    checkpoints), evaluate those instead of training."""
+    """Validate everything, then run the entries and build the report. 0: all done; 1: something failed
+    or was in use by another process; 2: bad input (one line on stderr); 130: interrupted. With
+    ``checkpoints`` (a folder of released checkpoints), evaluate those instead of training."""
     from gcrepro.paths import default_runs_dir
+    from gcrepro.run_dir import RunDirError, ensure_run_dir
 
     runs_dir = Path(runs_dir or default_runs_dir()).expanduser().resolve()
     try:
@@ -433,7 +472,8 @@ def table_run(
         else:
             plans, notes = plan_table(entries, runs_dir=runs_dir, data=data, profile=profile, gpus=gpus,
                                       sets=list(sets)), []
-    except (nbp.ParameterError, RuntimeError, FileNotFoundError) as exc:
+        ensure_run_dir(runs_dir, option="--runs-dir")
+    except (nbp.ParameterError, RuntimeError, FileNotFoundError, RunDirError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     for note in notes:
@@ -450,7 +490,8 @@ def table_run(
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
         return 130
-    failed = [p.entry for p, s in zip(plans, statuses) if s is None or s["state"] != "done"]
+    failed = [p.entry for p, s in zip(plans, statuses) if s is None or s["state"] not in ("done", IN_USE)]
+    in_use = [p.entry for p, s in zip(plans, statuses) if s is not None and s["state"] == IN_USE]
     report_ok = True
     try:
         notebook = run_report_notebook(runs_dir)
@@ -461,4 +502,7 @@ def table_run(
     if failed:
         print(f"{len(failed)} of {len(plans)} entries failed: {', '.join(failed)} "
               "(each run folder keeps status.json and the failing notebook)")
-    return 1 if failed or not report_ok else 0
+    if in_use:
+        print(f"{len(in_use)} of {len(plans)} entries not run, their folders are in use by another process: "
+              f"{', '.join(in_use)}")
+    return 1 if failed or in_use or not report_ok else 0

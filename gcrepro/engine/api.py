@@ -8,6 +8,10 @@ saves it in every checkpoint and in metrics.json; ``evaluate`` rebuilds the mode
 checkpoint's RunSpec, never from today's defaults. Several processes (``gpus > 1``, or ``nprocs > 1`` CPU processes) go through
 :func:`gcrepro.engine.launch.launch`, which starts workers running these same functions; inside
 a worker (or under torchrun) they join the process group instead of launching again.
+
+Both own the run folder while they run (:mod:`gcrepro.run_lock`; under torchrun rank 0 takes the lock,
+launched workers enter their parent's). Bad input fails before any worker starts: ``--gpus N``
+without N CUDA devices, a folder in use, a file or not writable, a checkpoint that cannot be resumed.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ from gcrepro.engine import dist
 from gcrepro.engine.config import ConfigError, TrainConfig
 from gcrepro.engine.logs import setup_logging
 from gcrepro.engine.measure import GIB, peak_memory_bytes, run_info
+from gcrepro.run_dir import as_run_dir_error
+from gcrepro.run_lock import hold_run_dir
 from gcrepro.run_metrics import RunMetrics
 from gcrepro.runspec import RunSpec, parse_overrides, resolve_run
 
@@ -104,11 +110,45 @@ def _process_setup(work_dir: Path, *, gpus: int, cfg: TrainConfig) -> Iterator[t
         _cpu_threads(device, requested=cfg.cpu_threads, num_workers=cfg.num_workers, world=dist.get_world_size())
         yield device
         failed = False
+    except Exception as err:  # a full disk or a folder made read-only during the run: say so in one line
+        translated = as_run_dir_error(err, work_dir)
+        if translated is None:
+            raise
+        raise translated from err
     finally:
         torch.set_num_threads(threads)
         _flush_denormals(device, False)
         if owns_group:
             dist.destroy_distributed(synchronize=not failed)
+
+
+def check_gpus(gpus: int) -> None:
+    """``gpus`` CUDA devices must be here (a torchrun rank needs its local rank's); checked before any
+    worker starts."""
+    need = dist.get_local_rank() + 1 if gpus > 0 and dist.launched_by_torchrun() else gpus
+    have = torch.cuda.device_count()
+    if need > have:
+        raise ConfigError(f"--gpus {gpus}: this machine has {have} CUDA device{'' if have == 1 else 's'} "
+                          "(--gpus 0 runs on the CPU)")
+
+
+def _owning(work_dir: str | Path) -> AbstractContextManager:
+    """The run folder's lock for this process; none for a torchrun rank other than 0 (it writes nothing)."""
+    if dist.launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return hold_run_dir(work_dir, option="--work-dir")
+
+
+RESUME_MODES = {"no": False, "yes": True, "auto": "auto"}  # the notebook's spelling -> train's
+
+
+def resume_mode(resume: bool | str) -> bool | str:
+    """``resume`` as False | True | "auto" (the train notebook's "no" | "yes" | "auto" too)."""
+    if isinstance(resume, bool):
+        return resume
+    if resume in RESUME_MODES:
+        return RESUME_MODES[resume]
+    raise ConfigError(f"resume={resume!r}: expected False, True or 'auto' (the notebook's no | yes | auto)")
 
 
 def _multi_process(gpus: int, nprocs: int) -> int:
@@ -148,7 +188,7 @@ def train(
     gpus: int = 0,
     nprocs: int = 1,
     overrides: list[str] | dict[str, Any] | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     **options: Any,
 ) -> Path:
     """Train a table entry; returns the final checkpoint (``WORK_DIR/checkpoints/iter_*.pth``).
@@ -162,12 +202,18 @@ def train(
         gpus: 0 = CPU; 1 = one GPU in this process; N > 1 = N GPU workers (NCCL).
         nprocs: CPU worker processes (gloo) when gpus == 0.
         overrides: ``["key=value", ...]`` or a dict: TrainConfig and ModelConfig fields.
-        resume: continue from ``WORK_DIR/checkpoints/latest.pth`` (a finished run returns at once); the
-            checkpoint's run spec must equal this one but for run options (num_workers, ...).
+        resume: False: a new run (an error when WORK_DIR holds checkpoints); True: continue from
+            ``WORK_DIR/checkpoints/latest.pth`` (an error when there is none; a finished run returns at
+            once); "auto": continue if there is a checkpoint, else start. The checkpoint's run spec must
+            equal this one but for run options (TrainConfig RUN_OPTIONS, ModelConfig gc_impl).
         options: TrainConfig fields by name (amp="bf16", channels_last=True, deterministic=True, seed=1, ...).
+
+    The run folder is this process's while it trains (:mod:`gcrepro.run_lock`).
     """
+    resume = resume_mode(resume)
     if gpus < 0 or nprocs < 1:
         raise ConfigError(f"gpus={gpus}, nprocs={nprocs}: expected gpus >= 0 and nprocs >= 1")
+    check_gpus(gpus)
     if isinstance(entry, RunSpec):
         if data is not None or profile is not None or overrides or options:
             raise ConfigError("train(spec): a resolved RunSpec takes no data, profile, overrides or options")
@@ -177,21 +223,49 @@ def train(
         typed = {**parse_overrides(overrides),
                  **parse_overrides({k: v for k, v in options.items() if v is not None}, source="option")}
         spec = resolve_run(entry, data=data, profile=profile, overrides=typed)
-    return run_training(spec, work_dir=work_dir, gpus=gpus, nprocs=nprocs, resume=resume)
+    with _owning(work_dir):
+        return run_training(spec, work_dir=work_dir, gpus=gpus, nprocs=nprocs, resume=resume)
 
 
 def run_training(spec: RunSpec | dict[str, Any], *, work_dir: str | Path, gpus: int = 0, nprocs: int = 1,
-                 resume: bool = False) -> Path:
-    """Train exactly ``spec`` (a RunSpec, or its ``to_dict()`` in launched workers)."""
+                 resume: bool | str = False) -> Path:
+    """Train exactly ``spec`` (a RunSpec, or its ``to_dict()`` in launched workers) in ``work_dir``, which the
+    caller owns (``train`` does)."""
     if not isinstance(spec, RunSpec):
         spec = RunSpec.from_dict(spec, where="run_training")
+    resume = resume_mode(resume)
+    start = _resume_point(Path(work_dir), spec, resume)  # bad input fails here, before any worker starts
     n = _multi_process(gpus, nprocs)
     if n:
         from gcrepro.engine.launch import launch
 
+        del start  # each worker reads it again
         kwargs = dict(spec=spec.to_dict(), work_dir=str(work_dir), gpus=gpus, nprocs=nprocs, resume=resume)
         return Path(launch(n, target="gcrepro.engine.api:run_training", kwargs=kwargs))
-    return _train_here(spec, work_dir=Path(work_dir), gpus=gpus, resume=resume)
+    return _train_here(spec, work_dir=Path(work_dir), gpus=gpus, start=start)
+
+
+# What Trainer.load_state_dict reads from a checkpoint.
+_TRAINING_STATE = ("model", "optimizer", "scheduler", "iteration", "epoch", "iter_in_epoch")
+
+
+def _resume_point(work_dir: Path, spec: RunSpec, resume: bool | str) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint this run continues from and its state, checked; (None, None) for a new run."""
+    latest = ckpt.latest_checkpoint(work_dir)
+    if latest is None:
+        if resume is True:
+            raise ConfigError(f"nothing to resume in {work_dir}: no checkpoints; drop --resume to start a new run")
+        return None, None
+    if resume is False:
+        raise FileExistsError(f"{work_dir} already holds checkpoints ({latest.name}); pass --resume to continue "
+                              "that run or choose a new --work-dir")
+    state = ckpt.load_checkpoint(latest)
+    missing = [k for k in _TRAINING_STATE if k not in state]
+    if missing:
+        raise ckpt.CheckpointError(f"checkpoint {latest}: not a gcrepro training checkpoint (no {missing[0]!r}); "
+                                   "it cannot be resumed; choose a new --work-dir")
+    _check_resume(latest, state, spec)
+    return latest, state
 
 
 def _check_resume(checkpoint: Path, state: dict[str, Any], spec: RunSpec) -> None:
@@ -218,7 +292,8 @@ def _check_resume(checkpoint: Path, state: dict[str, Any], spec: RunSpec) -> Non
                           "a new --work-dir")
 
 
-def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int, resume: bool) -> Path:
+def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
+                start: tuple[Path | None, dict[str, Any] | None]) -> Path:
     from gcrepro.data import CocoInstances, build_loader
     from gcrepro.engine.epoch_data import EpochBatches
     from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer, milestone_iters, scale_lr
@@ -228,19 +303,12 @@ def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int, resume: bool) -> Pa
 
     cfg = spec.train
     entry = get_entry(spec.entry)
+    latest, state = start
+    del start
     with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         try:
-            latest = ckpt.latest_checkpoint(work_dir)
-            if latest is not None and not resume:
-                raise FileExistsError(
-                    f"{work_dir} already holds checkpoints ({latest.name}); pass --resume to continue that run "
-                    "or choose a new --work-dir"
-                )
-            state = ckpt.load_checkpoint(latest, map_location="cpu") if latest is not None else None
-            if state is not None:
-                _check_resume(latest, state, spec)
             logger.info("train %s (row %d) on %s, profile %s, %d process(es) on %s; numbers labelled %s",
                         entry.name, entry.row, spec.data.root, spec.profile, world, device, spec.label)
             diffs = spec.differences_from_paper()
@@ -358,22 +426,28 @@ def evaluate(
     The model is the one the checkpoint's run spec describes. ``data``: the val set (default: the
     dataset it was trained on). ``profile`` is only needed for checkpoints of a gcrepro older than
     the run spec (it must match otherwise). Writes ``WORK_DIR/results/{bbox,segm}.json`` and merges
-    ``bbox``, ``segm``, ``inf_fps`` into ``WORK_DIR/metrics.json``. ``options``: EVAL_OPTIONS.
+    ``bbox``, ``segm``, ``inf_fps`` into ``WORK_DIR/metrics.json``. ``options``: EVAL_OPTIONS. The run folder is
+    this process's while it evaluates (:mod:`gcrepro.run_lock`).
     """
     unknown = sorted(set(options) - set(EVAL_OPTIONS))
     if unknown:
         raise ConfigError(f"evaluate: unknown option {unknown[0]!r}; allowed: {', '.join(EVAL_OPTIONS)}")
     parse_overrides({k: v for k, v in options.items() if v is not None}, source="option")
-    n = _multi_process(gpus, nprocs)
-    if n:
-        from gcrepro.engine.launch import launch
+    check_gpus(gpus)
+    with _owning(work_dir):
+        n = _multi_process(gpus, nprocs)
+        if n:
+            from gcrepro.engine.launch import launch
+            from gcrepro.engine.model_checkpoint import open_checkpoint
 
-        kwargs = dict(entry=entry, checkpoint=str(checkpoint), data=None if data is None else str(data),
-                      work_dir=str(work_dir), profile=profile, gpus=gpus, nprocs=nprocs, **options)
-        launch(n, target="gcrepro.engine.api:evaluate", kwargs=kwargs)
-    else:
-        _evaluate_here(entry, checkpoint=Path(checkpoint), data=data, work_dir=Path(work_dir), profile=profile,
-                       gpus=gpus, options={k: v for k, v in options.items() if v is not None})
+            # bad input (a corrupt or foreign checkpoint, another entry's) fails here, before any worker starts
+            open_checkpoint(entry, checkpoint, data=data, profile=profile)
+            kwargs = dict(entry=entry, checkpoint=str(checkpoint), data=None if data is None else str(data),
+                          work_dir=str(work_dir), profile=profile, gpus=gpus, nprocs=nprocs, **options)
+            launch(n, target="gcrepro.engine.api:evaluate", kwargs=kwargs)
+        else:
+            _evaluate_here(entry, checkpoint=Path(checkpoint), data=data, work_dir=Path(work_dir), profile=profile,
+                           gpus=gpus, options={k: v for k, v in options.items() if v is not None})
     if dist.launched_by_torchrun():
         return None  # a worker: the process that launched it (or rank 0's caller) reads metrics.json
     from gcrepro.run_metrics import read_metrics

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gcrepro.atomic import atomic_open, fsync_dir
+from gcrepro.run_dir import as_run_dir_error
 
 if TYPE_CHECKING:
     from gcrepro.runspec import RunSpec
@@ -63,8 +64,15 @@ def _atomic_link(src: Path, dst: Path) -> None:
 def save_checkpoint(work_dir: str | Path, state: dict[str, Any], *, iteration: int, keep: int = 0) -> Path:
     """Write ``iter_XXXXXXX.pth`` and point ``latest.pth`` at it; keep the newest ``keep`` (0: all)."""
     folder = checkpoint_dir(work_dir)
-    path = atomic_torch_save(state, folder / iter_checkpoint_name(iteration))
-    _atomic_link(path, folder / LATEST)
+    path = folder / iter_checkpoint_name(iteration)
+    try:
+        atomic_torch_save(state, path)
+        _atomic_link(path, folder / LATEST)
+    except Exception as err:  # a full disk inside torch.save surfaces as "unexpected pos ..."; say what it is
+        translated = as_run_dir_error(err, Path(work_dir), writing=path)
+        if translated is None:
+            raise
+        raise translated from err
     if keep > 0:
         older = sorted(p for p in folder.iterdir() if _ITER_RE.match(p.name))[:-keep]
         for p in older:
@@ -72,15 +80,23 @@ def save_checkpoint(work_dir: str | Path, state: dict[str, Any], *, iteration: i
     return path
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Safe load: only tensors and plain types (``torch.load(weights_only=True)``)."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or resumed from; the message is one line naming the file."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Safe load on the CPU: only tensors and plain types (:func:`gcrepro.convert.load_checkpoint_any`).
+    A truncated, corrupt or foreign file raises CheckpointError (one line, never torch's advice to load it
+    unsafely)."""
+    from gcrepro.convert import ConvertError, load_checkpoint_any
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named, one line
-        raise RuntimeError(f"checkpoint {path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        return load_checkpoint_any(path)
+    except ConvertError as err:
+        raise CheckpointError(f"checkpoint {err}") from None
 
 
 def latest_checkpoint(work_dir: str | Path) -> Path | None:

@@ -2,17 +2,21 @@
 
     gcrepro train ENTRY [--data DIR] [--work-dir DIR] [--profile toy|paper] [--set key=value ...]
                   [--gpus N | --nprocs N] [--resume] [--amp bf16|fp16] [--channels-last]
-                  [--deterministic] [--seed N]
-    gcrepro eval ENTRY [--checkpoint FILE] [--data DIR] [--work-dir DIR] [--gpus N | --nprocs N]
+                  [--deterministic] [--seed N] [--debug]
+    gcrepro eval ENTRY [--checkpoint FILE] [--data DIR] [--work-dir DIR] [--gpus N | --nprocs N] [--debug]
 
-Bad input (unknown entry, bad ``--set``, missing data) ends with ONE line on stderr and exit
-code 2; a failed run (NaN loss, failed worker) with one line and exit code 1.
+Bad input (unknown entry, bad ``--set``, missing data, a bad checkpoint, a work dir that is a file,
+not writable, full or in use, ``--gpus N`` without N CUDA devices, ``--resume`` with nothing to
+resume) ends with ONE line on stderr and exit code 2; a failed run (NaN loss, failed worker) with
+one line and exit code 1; anything else with one line pointing to its traceback in WORK_DIR/log.txt
+(``--debug``: the traceback here). See :func:`gcrepro.cli.run_command`.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from gcrepro.cli import add_debug_flag
 
 _SET_HELP = (
     "override a recipe/run field or a model field, e.g. --set max_iters=100 --set base_lr=0.01 "
@@ -28,6 +32,7 @@ def _add_common(p: argparse.ArgumentParser, *, data_help: str, profile_help: str
     p.add_argument("--gpus", type=int, default=0,
                    help="GPUs: 0 = CPU (default), 1 = this process, N > 1 = N worker processes (NCCL)")
     p.add_argument("--nprocs", type=int, default=1, help="CPU worker processes (gloo) when --gpus 0 (default 1)")
+    add_debug_flag(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(train, data_help="dataset root in the COCO 2017 layout (default: the toy set, made on first use)",
                 profile_help="model/recipe profile (default: toy on toy data, paper otherwise)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
-    train.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoints/latest.pth")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from WORK_DIR/checkpoints/latest.pth (an error when there is none)")
     train.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16 uses a GradScaler)")
     train.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     train.add_argument("--deterministic", action="store_true",
@@ -64,24 +70,18 @@ def _work_dir(args: argparse.Namespace) -> Path:
     return default_runs_dir() / get_entry(_entry_arg(args.entry)).name
 
 
+def _folder(args: argparse.Namespace) -> Path | None:
+    """The run folder for the error report (None when the entry is unknown: that error names it)."""
+    from gcrepro.entries import EntryNotFound
+
+    try:
+        return _work_dir(args)
+    except EntryNotFound:
+        return None
+
+
 def _entry_arg(text: str) -> str | int:
     return int(text) if text.isdigit() else text
-
-
-def _fail(command: str, err: BaseException, code: int) -> int:
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    print(f"gcrepro {command}: error: {message}", file=sys.stderr)
-    return code
-
-
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from gcrepro.convert.errors import ConvertError
-    from gcrepro.data.errors import DataError
-    from gcrepro.engine.config import ConfigError
-    from gcrepro.entries import EntryNotFound
-    from gcrepro.run_metrics import MetricsError
-
-    return (ConfigError, ConvertError, DataError, EntryNotFound, MetricsError, FileExistsError, FileNotFoundError)
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
@@ -92,6 +92,13 @@ def _run_errors() -> tuple[type[BaseException], ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from gcrepro.cli import run_command
+
+    return run_command("gcrepro train", lambda: _run_train(args), debug=getattr(args, "debug", False),
+                       folder=_folder(args), run_errors=_run_errors())
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from gcrepro.engine.api import train
 
     options = {"amp": args.amp, "seed": args.seed}
@@ -99,37 +106,34 @@ def _train(args: argparse.Namespace) -> int:
         options["channels_last"] = True
     if args.deterministic:
         options["deterministic"] = True
-    try:
-        final = train(
-            _entry_arg(args.entry), data=args.data, work_dir=_work_dir(args), profile=args.profile, gpus=args.gpus,
-            nprocs=args.nprocs, overrides=args.overrides, resume=args.resume,
-            **{k: v for k, v in options.items() if v is not None},
-        )
-    except _bad_input_errors() as err:
-        return _fail("train", err, 2)
-    except _run_errors() as err:
-        return _fail("train", err, 1)
+    final = train(
+        _entry_arg(args.entry), data=args.data, work_dir=_work_dir(args), profile=args.profile, gpus=args.gpus,
+        nprocs=args.nprocs, overrides=args.overrides, resume=args.resume,
+        **{k: v for k, v in options.items() if v is not None},
+    )
     print(f"final checkpoint: {final}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from gcrepro.cli import run_command
+
+    return run_command("gcrepro eval", lambda: _run_eval(args), debug=getattr(args, "debug", False),
+                       folder=_folder(args), run_errors=_run_errors())
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from gcrepro.engine.api import evaluate
     from gcrepro.engine.checkpoint import latest_checkpoint
 
-    try:
-        work_dir = _work_dir(args)
-        checkpoint = args.checkpoint or latest_checkpoint(work_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"no checkpoint in {work_dir}/checkpoints; pass --checkpoint FILE")
-        metrics = evaluate(
-            _entry_arg(args.entry), checkpoint=checkpoint, data=args.data, work_dir=work_dir, profile=args.profile,
-            gpus=args.gpus, nprocs=args.nprocs,
-        )
-    except _bad_input_errors() as err:
-        return _fail("eval", err, 2)
-    except _run_errors() as err:
-        return _fail("eval", err, 1)
+    work_dir = _work_dir(args)
+    checkpoint = args.checkpoint or latest_checkpoint(work_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {work_dir}/checkpoints; pass --checkpoint FILE")
+    metrics = evaluate(
+        _entry_arg(args.entry), checkpoint=checkpoint, data=args.data, work_dir=work_dir, profile=args.profile,
+        gpus=args.gpus, nprocs=args.nprocs,
+    )
     if metrics is not None:
         print(f"box AP {metrics.box_ap}  mask AP {metrics.mask_ap}  inf fps {metrics.inf_fps}  [{metrics.label_text}]"
               f"  -> {metrics.path}")
