@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -41,6 +42,7 @@ except ImportError:  # Windows: no flock; folders are not locked there
 LOCK_FILE = ".gcrepro.lock"
 _ORPHAN_TMP = re.compile(r"^\..+\.tmp$")  # gcrepro.atomic: ".NAME.XXXXXXXX.tmp"; checkpoint links ".NAME.PID.tmp"
 _COMMAND_CHARS = 100
+_UNLOCKED = -1  # not a descriptor: a folder that cannot be locked
 
 logger = logging.getLogger(__name__)
 _held_fds: set[int] = set()  # the lock files this process holds open
@@ -157,6 +159,10 @@ def remove_orphan_tmp_files(folder: Path) -> list[Path]:
     return removed
 
 
+class _NoFlock(OSError):
+    """The folder's file system does not support flock (some network or FUSE mounts)."""
+
+
 def _open_locked(path: Path, folder: Path, option: str) -> int | None:
     """A descriptor of the lock file, locked; None when another process holds it."""
     while True:
@@ -170,6 +176,10 @@ def _open_locked(path: Path, folder: Path, option: str) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as err:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise _NoFlock(err.errno, err.strerror) from None
         try:  # the holder before us may have removed the file between our open and our lock: lock the new one
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -186,11 +196,26 @@ def hold_run_dir(folder: str | Path, *, option: str = "--work-dir") -> Iterator[
     a file or not writable. ``option``: the flag that chose the folder (named in the errors)."""
     folder = Path(folder)
     made = ensure_run_dir(folder, option=option)
+    try:
+        with _locked(folder, option) as held:
+            yield held
+    finally:
+        if made and not any(folder.iterdir()):
+            with contextlib.suppress(OSError):  # another process may have just written into it
+                folder.rmdir()  # a command that failed at once leaves no empty folder behind
+
+
+@contextmanager
+def _locked(folder: Path, option: str) -> Iterator[Holder | None]:
     path = folder / LOCK_FILE
-    if fcntl is None:
+    try:
+        fd = _open_locked(path, folder, option) if fcntl is not None else _UNLOCKED
+    except _NoFlock as err:
+        logger.warning("%s: cannot be locked (%s); nothing stops a second process from using it", folder, err.strerror)
+        fd = _UNLOCKED
+    if fd == _UNLOCKED:  # no flock here (Windows, some network file systems)
         yield None
         return
-    fd = _open_locked(path, folder, option)
     if fd is None:
         holder = _read_holder(path)
         if holder is None or holder.host != socket.gethostname() or holder.pid not in _ancestors():
@@ -214,5 +239,3 @@ def hold_run_dir(folder: str | Path, *, option: str = "--work-dir") -> Iterator[
         fcntl.flock(fd, fcntl.LOCK_UN)
         _held_fds.discard(fd)
         os.close(fd)
-        if made and not any(folder.iterdir()):
-            folder.rmdir()  # a command that failed at once leaves no empty folder behind

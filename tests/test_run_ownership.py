@@ -70,7 +70,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def _wait_for_holder(lock: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> Holder:
     deadline = time.monotonic() + timeout_s
     while True:
-        holder = Holder.parse(lock.read_text()) if lock.is_file() else None
+        try:
+            holder = Holder.parse(lock.read_text())
+        except FileNotFoundError:
+            holder = None
         if holder is not None:
             return holder
         assert proc.poll() is None, f"the holder exited early (code {proc.returncode})"
@@ -162,6 +165,22 @@ def test_orphan_tmp_files_are_removed_by_the_new_holder_only(tmp_path: Path) -> 
     with hold_run_dir(folder):  # the next holder: a kill interrupted those writes
         assert not any(p.exists() for p in orphans)
         assert all(p.exists() for p in kept)
+
+
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path: Path, monkeypatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import fcntl
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with caplog.at_level(logging.WARNING, logger="gcrepro.run_lock"):
+        with hold_run_dir(tmp_path / "run") as held:
+            assert held is None
+    assert [r.getMessage() for r in caplog.records] == \
+        [f"{tmp_path / 'run'}: cannot be locked (No locks available); nothing stops a second process from using it"]
+    assert not (tmp_path / "run").exists()
 
 
 # --- the table runner ---------------------------------------------------------------------------------
