@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings(  # mmdetection's own FCNMaskHead (new_t
 pytest.importorskip("mmdet", reason="mmdetection 3.3.0 is the oracle: pip install -e '.[dev]'")
 pytest.importorskip("mmengine", reason="mmdetection 3.3.0 needs mmengine: pip install -e '.[dev]'")
 
-import mmdet_oracle  # noqa: E402  (installs the mmcv._ext stand-in before mmcv.ops is imported)
+import mmdet_oracle  # noqa: E402, F401  (installs the mmcv._ext stand-in before mmcv.ops is imported)
 from mmdet_oracle.build import build_mmdet  # noqa: E402
 from mmdet_oracle.checkpoint import write_mmdet_checkpoint  # noqa: E402
 from mmdet_oracle.compare import box_error, mask_iou, match_boxes, relative_error  # noqa: E402

@@ -294,7 +294,7 @@ def _check_resume(checkpoint: Path, state: dict[str, Any], spec: RunSpec) -> Non
 
 def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
                 start: tuple[Path | None, dict[str, Any] | None]) -> Path:
-    from gcrepro.data import CocoInstances, build_loader
+    from gcrepro.data import CocoInstances, build_loader, check_images
     from gcrepro.engine.epoch_data import EpochBatches
     from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer, milestone_iters, scale_lr
     from gcrepro.engine.trainer import Checkpointer, MetricsLogger, ProgressBar, Trainer
@@ -320,6 +320,8 @@ def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
             # Model init: the same seed on every rank (DDP also broadcasts rank 0's weights).
             _seed_everything(cfg.seed)
             dataset = CocoInstances(spec.data.root, "train", train=True, seed=cfg.seed)
+            # every listed image exists, decodes and has its size, before the first iteration (cached)
+            check_images(dataset.root, "train", images=dataset.coco.dataset["images"])
             if dataset.num_classes != spec.model.num_classes:
                 raise ConfigError(f"{dataset.ann_file}: {dataset.num_classes - 1} categories, but the val split "
                                   f"has {spec.model.num_classes - 1}; train and val need the same categories")
@@ -465,7 +467,7 @@ def _evaluate_here(
     gpus: int,
     options: dict[str, Any],
 ) -> None:
-    from gcrepro.data import CocoInstances, build_loader
+    from gcrepro.data import CocoInstances, build_loader, check_images, check_split
     from gcrepro.engine.evaluate import COCOEvaluator
     from gcrepro.engine.inference import run_inference
     from gcrepro.modeling.build import build_detector
@@ -482,6 +484,8 @@ def _evaluate_here(
     with _process_setup(work_dir, gpus=gpus, cfg=cfg) as device:
         rank, world = dist.get_rank(), dist.get_world_size()
         dataset = CocoInstances(on.data.root, "val", train=False)
+        check_split(dataset, purpose="eval")  # an empty val split is an error, not AP 0.0
+        check_images(dataset.root, "val", images=dataset.coco.dataset["images"])
         model = build_detector(model_config)
         model.load_state_dict(opened.state_dict)
         del opened

@@ -27,7 +27,6 @@ import importlib.util
 import sys
 import types
 
-import torch
 from torch import Tensor
 
 MODULE_NAME = "mmcv._ext"
