@@ -309,6 +309,13 @@ def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
         rank, world = dist.get_rank(), dist.get_world_size()
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         try:
+            # The data first: a bad split or image is one line before anything else is said or done.
+            dataset = CocoInstances(spec.data.root, "train", train=True, seed=cfg.seed)
+            # every listed image exists, decodes and has its size, before the first iteration (cached)
+            check_images(dataset.root, "train", images=dataset.coco.dataset["images"])
+            if dataset.num_classes != spec.model.num_classes:
+                raise ConfigError(f"{dataset.ann_file}: {dataset.num_classes - 1} categories, but the val split "
+                                  f"has {spec.model.num_classes - 1}; train and val need the same categories")
             logger.info("train %s (row %d) on %s, profile %s, %d process(es) on %s; numbers labelled %s",
                         entry.name, entry.row, spec.data.root, spec.profile, world, device, spec.label)
             diffs = spec.differences_from_paper()
@@ -319,12 +326,6 @@ def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
 
             # Model init: the same seed on every rank (DDP also broadcasts rank 0's weights).
             _seed_everything(cfg.seed)
-            dataset = CocoInstances(spec.data.root, "train", train=True, seed=cfg.seed)
-            # every listed image exists, decodes and has its size, before the first iteration (cached)
-            check_images(dataset.root, "train", images=dataset.coco.dataset["images"])
-            if dataset.num_classes != spec.model.num_classes:
-                raise ConfigError(f"{dataset.ann_file}: {dataset.num_classes - 1} categories, but the val split "
-                                  f"has {spec.model.num_classes - 1}; train and val need the same categories")
             model = build_detector(spec.model, pretrained_backbone=cfg.pretrained_backbone).to(device)
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
