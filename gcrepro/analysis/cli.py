@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     demo.add_argument("--jobs", type=int, default=3, help="entries trained at once (default 3: one thread each)")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                       help="as for `gcrepro table run`, e.g. overrides.max_iters=50 for a quicker look; repeatable")
+    add_debug_flag(demo)
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -102,11 +103,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gcrepro.analysis.demo import run_demo
+    from gcrepro.analysis.demo import default_demo_dir, run_demo
     from gcrepro.analysis.notebook_params import ParameterError, parse_set_args
+    from gcrepro.cli import run_command
 
     try:
         sets = parse_set_args(args.sets)
     except ParameterError as exc:
         return _fail("gcrepro demo", str(exc))
-    return run_demo(runs_dir=args.runs_dir, force=args.force, sets=sets, jobs=args.jobs)
+    runs_dir = Path(args.runs_dir or default_demo_dir()).expanduser().resolve()
+    return run_command("gcrepro demo", lambda: run_demo(runs_dir=runs_dir, force=args.force, sets=sets, jobs=args.jobs),
+                       debug=args.debug, folder=runs_dir)

@@ -276,7 +276,8 @@ def apply_sets(
         hit = [nb for nb in targets if name in declared[nb]]
         if not hit:
             known = sorted({f"{nb}.{p}" for nb in targets for p in declared[nb] if p not in reserved})
-            dicts = sorted({f"{p}.KEY" for nb in targets for p, d in declared[nb].items() if d.type_name == "dict"})
+            dicts = sorted({f"{p}.KEY" for nb in targets for p, d in declared[nb].items()
+                            if d.type_name == "dict" and p not in reserved})
             raise ParameterError(f"--set {key}: no notebook declares parameter {name!r}; settable: {', '.join(known)}"
                                  + (f" (and {', '.join(dicts)} for keys inside a dict)" if dicts else ""))
         for nb in hit:
