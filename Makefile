@@ -29,8 +29,14 @@ bench: setup
 	$(PY) benchmarks/gc_op.py
 	$(PY) benchmarks/toy_throughput.py
 
+# JupyterLab at the repository's root (notebooks/, runs/ and the reports all reachable), opening notebooks/;
+# headless and as root too: it prints the URL with its token. Remote machine: ssh -L 8888:127.0.0.1:8888 HOST,
+# then open that URL here. LAB_IP=0.0.0.0 listens on every interface (the token still guards it).
+LAB_IP   ?= 127.0.0.1
+LAB_PORT ?= 8888
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab "--ServerApp.root_dir=$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+		--ip=$(LAB_IP) --port=$(LAB_PORT) --no-browser --allow-root
 
 clean:
 	rm -rf build *.egg-info gcrepro/*.so

@@ -2,7 +2,9 @@
 
 ``GCREPRO_DATA`` overrides the data root; otherwise a source checkout uses its own
 ``data/`` folder (beside ``pyproject.toml``) and an installed package uses
-``~/.cache/gcrepro/data``.
+``~/.cache/gcrepro/data``. ``GCREPRO_RUNS`` overrides the runs folder; otherwise a checkout uses
+its own ``runs/`` and an installed package ``runs/`` in the working directory. Finding an entry's
+run in it: :mod:`gcrepro.analysis.runs_dir`.
 """
 from __future__ import annotations
 
@@ -33,5 +35,10 @@ def default_toy_dir() -> Path:
 
 
 def default_runs_dir() -> Path:
+    """Folder of runs: ``$GCREPRO_RUNS``, else ``runs/`` of the checkout (of the working directory when installed).
+    Commands, the table runner, the demo (``RUNS/demo``) and every notebook start from it."""
+    env = os.environ.get("GCREPRO_RUNS")
+    if env:
+        return Path(env).expanduser().resolve()
     root = project_root()
     return (root if root is not None else Path.cwd()) / "runs"

@@ -1,9 +1,12 @@
 """GC attention maps: geometry back to the image, the non-local comparison, capture on a real model, figures."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import gcrepro
 from gcrepro.analysis import attention_maps as am
@@ -87,16 +90,43 @@ def test_nonlocal_input_is_the_gc_blocks_input(captured) -> None:
 def test_figures_and_widget(captured, tmp_path) -> None:
     _, maps = captured
     grid = ap.attention_grid(maps)
-    assert sum(ax.axison or bool(ax.images) for ax in grid.axes) == 13  # one panel per block, empty cells hidden
-    assert len(grid.axes) == 3 * 6
+    panels = [ax for ax in grid.axes if ax.get_label() != "<colorbar>"]
+    assert sum(ax.axison or bool(ax.images) for ax in panels) == 13  # one panel per block, empty cells hidden
+    assert len(panels) == 3 * 6
     panel = ap.nonlocal_panel(maps)
-    assert len(panel.axes) == 4 and "GC (one map)" in panel.axes[-1].get_title()
+    panels = [ax for ax in panel.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4 and "GC (one map)" in panels[-1].get_title()
+    for fig in (grid, panel):  # one colour bar for the 0..1 scale, labelled, and the reading guide
+        bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        assert len(bars) == 1 and "highest" in bars[0].get_ylabel()
+        assert "red = " in fig.get_supxlabel().lower()
     paths = ap.save_all([maps], tmp_path)
     assert [p.name for p in paths] == ["gc_image5.png", "nonlocal_image5.png"]
     view = ap.interactive_view([maps])
     image_w, stage_w, block_w = view.children[0].children
     picture = view.children[1]
+    assert [w.description for w in (image_w, stage_w, block_w)] == ["image", "stage", "block"]
+    assert "gcrepro-attention-stage" in stage_w._dom_classes and "gcrepro-attention-picture" in picture._dom_classes
     assert block_w.max == 3 and bytes(picture.value).startswith(b"\x89PNG")  # c3 has 4 blocks
+    # Shown at a fixed size inside WIDGET_BOX (plus colour bar and title), drawn at WIDGET_SCALE x that size.
+    width, height = (int(v.removesuffix("px")) for v in (picture.layout.width, picture.layout.height))
+    assert width <= ap.WIDGET_BOX[0] + 90 and height <= ap.WIDGET_BOX[1] + 30
+    with Image.open(io.BytesIO(bytes(picture.value))) as im:
+        assert im.size == (width * ap.WIDGET_SCALE, height * ap.WIDGET_SCALE)
     first = bytes(picture.value)
     stage_w.value = 3
     assert block_w.max == 5 and bytes(picture.value) != first  # c4 has 6; the picture was redrawn
+
+
+def test_stored_maps_round_trip_within_one_step(captured, tmp_path) -> None:
+    from gcrepro.analysis import attention_store
+
+    _, maps = captured
+    loaded = attention_store.load_maps(attention_store.save_maps(maps, tmp_path))
+    assert loaded.image_id == 5 and list(loaded.gc) == sorted(maps.gc) and loaded.nl_block == maps.nl_block
+    assert np.abs(loaded.image - maps.image).max() <= 0.5 / 255 + 1e-6  # uint8 image
+    for block, heat in maps.gc.items():  # 8-bit steps of each map's own range
+        step = (heat.max() - heat.min()) / 255
+        assert np.abs(loaded.gc[block] - heat).max() <= 0.51 * step + 1e-6 * heat.max()
+    np.testing.assert_allclose(loaded.nl_queries, maps.nl_queries)
+    assert loaded.nl.shape == maps.nl.shape

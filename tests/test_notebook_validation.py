@@ -161,7 +161,10 @@ def test_markup_from_user_input_never_reaches_html(tmp_path: Path) -> None:
     for where, text in (("evaluate.ipynb", evaluate_html), ("report.ipynb", report_html), ("report.html", page)):
         tags = set(re.findall(r"<\s*([a-zA-Z][a-zA-Z0-9]*)", text))
         assert tags <= {"style", "table", "thead", "tbody", "tr", "th", "td", "caption", "html", "head", "meta",
-                        "title", "body", "h1"}, f"{where}: markup from user input: {tags}"
+                        "title", "body", "h1", "div", "p", "ul", "li", "img"}, f"{where}: markup from user input: {tags}"
+        # the one image is the report's own AP chart, inline
+        assert all(src.startswith("data:image/png;base64,") for src in re.findall(r"<img [^>]*src='([^']*)'", text))
+        assert text.count("<img") == len(re.findall(r"<img [^>]*src='data:image/png;base64,", text))
         for payload in MARKUP.values():
             assert payload not in text, f"{where}: {payload} unescaped"
     # Escaped, they are shown as text: the dataset's folder name in the COCO table's caption, mem_kind in the

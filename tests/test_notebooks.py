@@ -1,17 +1,21 @@
 """The four notebooks, executed with papermill on tiny parameters; assertions on what they wrote.
 
 One pipeline through the real table runner (`table_run`: train -> evaluate -> attention for the
-GC r16 entry, then report.ipynb) on a 4+2-image toy set with 2 training iterations; plus the
-attention notebook on a GC-off entry, and the committed notebooks' hygiene.
+GC r16 entry, then report.ipynb) on a 4+2-image toy set with 2 training iterations; opening the
+evaluate and attention notebooks again on that run, found through ``runs_dir`` in a table folder,
+shows what is stored and changes no file; plus the attention notebook on a GC-off entry, and the
+committed notebooks' hygiene.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import nbformat
 import numpy as np
+from nbformat.sign import NotebookNotary
 import pandas as pd
 import papermill
 import pytest
@@ -50,7 +54,7 @@ def tiny_toy(tmp_path_factory) -> Path:
 def table_runs(tiny_toy: Path, tmp_path_factory) -> tuple[Path, int]:
     from gcrepro.analysis.table_runner import table_run
 
-    runs = tmp_path_factory.mktemp("runs")
+    runs = tmp_path_factory.mktemp("runs") / "table"  # a table run's folder, like make demo's runs/demo
     sets = [(k, v) for k, v in TINY_TRAINING.items()] + [("num_images", "1")]
     code = table_run([GC_ENTRY], runs_dir=runs, data=str(tiny_toy), sets=sets)
     return runs, code
@@ -91,6 +95,19 @@ def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) 
     assert "image/png" in shown["train"]  # the loss curve is displayed, not just saved
     assert "text/html" in shown["evaluate"]  # the COCO table
     assert "image/png" in shown["attention"]
+    assert "application/vnd.jupyter.widget-view+json" in shown["attention"]  # the interactive view, also headless
+    # Signed with the user's notary: JupyterLab opens them trusted (styled tables, widgets).
+    for path in [run / f"{nb}.ipynb" for nb in ("train", "evaluate", "attention")] + [runs / "report.ipynb"]:
+        assert NotebookNotary().check_signature(nbformat.read(path, as_version=4)), path
+    # Log lines (progress, the COCOeval summary) are output on stdout, not stderr blocks; the tables have no 'nan'
+    # and one header row.
+    evaluate_nb = nbformat.read(run / "evaluate.ipynb", as_version=4)
+    streams = {name: "".join(o.get("text", "") for c in evaluate_nb.cells for o in c.get("outputs", [])
+                             if o.get("name") == name) for name in ("stdout", "stderr")}
+    assert "COCOeval bbox" in streams["stdout"] and " I gcrepro" not in streams["stderr"]
+    tables = [o["data"]["text/html"] for c in evaluate_nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert len(tables) == 2 and all("nan" not in t.lower() for t in tables)
+    assert [t.split("</thead>")[0].count("<tr>") for t in tables] == [1, 1]  # no empty extra header row
 
     # train.ipynb: checkpoint, training log, loss curve.
     assert (run / "checkpoints" / "latest.pth").is_file()
@@ -150,6 +167,49 @@ def test_rerun_skips_the_completed_entry(table_runs: tuple[Path, int], tiny_toy:
     assert table_run([GC_ENTRY], runs_dir=runs, data=str(tiny_toy), sets=sets) == 0
     assert "skipped, done earlier" in capsys.readouterr().out
     assert run_status.read_status(runs / GC_ENTRY) == before
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_opening_evaluate_and_attention_again_shows_what_is_stored(table_runs: tuple[Path, int],
+                                                                  tmp_path: Path) -> None:
+    # Found from the runs folder above the table folder (RUNS/table/ENTRY, as runs/demo/ENTRY), nothing re-run:
+    # metrics.json, the maps and every other file of the run stay byte for byte, mtimes too.
+    runs, code = table_runs
+    assert code == 0
+    before = _files(runs.parent)
+    outputs = {}
+    for nb, extra in (("evaluate", {}), ("attention", {"num_images": 1})):
+        out = papermill.execute_notebook(
+            str(nbp.notebook_path(nb)), str(tmp_path / f"{nb}.ipynb"),
+            parameters={"entry": GC_ENTRY, "runs_dir": str(runs.parent), **extra},
+            kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+        outputs[nb] = out
+        stdout = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []) if o.get("name") == "stdout")
+        assert f"run folder {runs / GC_ENTRY}" in stdout and "shown as stored" in stdout, stdout
+    assert _files(runs.parent) == before
+    shown = {m for c in outputs["attention"].cells for o in c.get("outputs", []) for m in o.get("data", {})}
+    assert {"image/png", "application/vnd.jupyter.widget-view+json"} <= shown  # figures and the view, from the files
+
+    # What is stored is not shown for something else: another checkpoint file, other settings, another val set.
+    from gcrepro.analysis.attention_run import stored_attention
+    from gcrepro.analysis.notebook_support import stored_evaluation
+
+    run = runs / GC_ENTRY
+    latest = run / "checkpoints" / "latest.pth"
+    assert stored_attention(GC_ENTRY, run_dir=run, checkpoint=latest, num_images=1)[0] is not None
+    assert "other settings (num_images 1 -> 2)" in stored_attention(GC_ENTRY, run_dir=run, checkpoint=latest)[1]
+    assert stored_evaluation(run, data=str(tmp_path))[0] is None
+    assert stored_evaluation(run, checkpoint=str(latest))[0] is not None
+    stat = latest.stat()
+    try:
+        os.utime(latest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rewritten checkpoint
+        stale, why = stored_attention(GC_ENTRY, run_dir=run, checkpoint=latest, num_images=1)
+        assert stale is None and "as it was then" in why
+    finally:
+        os.utime(latest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_attention_notebook_on_a_gc_off_entry_has_nothing_to_show(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ FAKES = {
                  'pathlib.Path(work_dir, "metrics.json").write_text(json.dumps('
                  '{"entry": entry, "bbox": None, "segm": None, "data": "toy"}))'),
     "attention": (COMMON + 'num_images: int = 2  # images\nnonlocal_panel: bool = True  # panel\ninteractive: bool = True  # widgets\n',
-                  'assert interactive is False and isinstance(num_images, int)'),
+                  'assert interactive is True and isinstance(num_images, int)'),  # the view is saved with it
 }
 
 
@@ -72,7 +72,7 @@ def test_validation_rejects_bad_parameters_before_anything_runs(tmp_path: Path, 
         ("nonexistent", "1"): "no notebook declares parameter 'nonexistent'",
         ("attention.num_images", "two"): "'num_images' is int",
         ("attention.nonlocal_panel", "3"): "'nonlocal_panel' is bool",
-        ("attention.interactive", "true"): "set by the runner",
+        ("runs_dir", "elsewhere"): "set by --runs-dir",
         ("gpus", "2"): "set by --gpus",
         ("evaluate.num_images", "1"): "no notebook declares parameter 'num_images'",
         ("num_images.x", "1"): "is int, not a dict",
@@ -95,7 +95,7 @@ def test_validation_rejects_bad_parameters_before_anything_runs(tmp_path: Path, 
     # The overrides are resolved into the spec train.ipynb receives (the notebook resolves nothing).
     assert plans[0].spec.train.max_iters == 5 and plans[0].spec.overrides == {"max_iters": 5}
     assert plans[0].params["train"]["spec"] == plans[0].spec.to_dict() and "overrides" not in plans[0].params["train"]
-    assert plans[0].params["attention"]["interactive"] is False
+    assert "interactive" not in plans[0].params["attention"]  # its default: the view is saved with the notebook
     assert plans[0].params["train"]["work_dir"] == str(runs.resolve() / GOOD)
 
 

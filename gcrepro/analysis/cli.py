@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     run.add_argument("--entries", default=None, help="comma-separated entry names, or 'all' (see `gcrepro table list`)")
     run.add_argument("--rows", default=None, help="table rows, e.g. 1-3,7")
     run.add_argument("--data", default=None, help="dataset root in the COCO 2017 layout (default: the built-in toy dataset)")
-    run.add_argument("--runs-dir", type=Path, default=None, help="where the run folders go (default: runs/)")
+    run.add_argument("--runs-dir", type=Path, default=None, help="where the run folders go (default: $GCREPRO_RUNS, else runs/)")
     run.add_argument("--profile", choices=("toy", "paper"), default="toy", help="toy (CPU-sized) or paper recipe (default toy)")
     run.add_argument("--gpus", type=int, default=0, help="GPUs per entry; 0 = CPU (default 0)")
     run.add_argument("--force", action="store_true", help="re-run entries that completed before")
@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     run.set_defaults(func=_cmd_run)
 
     report = table_sub.add_parser("report", help="write RUNS_DIR/report.html and report.csv from the runs there")
-    report.add_argument("--runs-dir", type=Path, default=None, help="folder with one run folder per entry (default: runs/)")
+    report.add_argument("--runs-dir", type=Path, default=None,
+                        help="folder with one run folder per entry (default: $GCREPRO_RUNS, else runs/; when it holds "
+                        "no entry folders itself, its newest table folder such as runs/demo)")
     report.add_argument("--markdown", action="store_true", help="also print the main columns as a Markdown table")
     report.set_defaults(func=_cmd_report)
 
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
         description="Run the toy table for rows 1-3 on the built-in toy dataset (CPU) and print where the "
         "report and the attention figures are. Re-running skips completed entries unless --force.",
     )
-    demo.add_argument("--runs-dir", type=Path, default=None, help="where the run folders go (default: runs/demo)")
+    demo.add_argument("--runs-dir", type=Path, default=None, help="where the run folders go (default: $GCREPRO_RUNS/demo, else runs/demo)")
     demo.add_argument("--force", action="store_true", help="re-run entries that completed before")
     demo.add_argument("--jobs", type=int, default=3, help="entries trained at once (default 3: one thread each)")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -80,10 +82,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from gcrepro.analysis.report import write_report
-    from gcrepro.paths import default_runs_dir
+    from gcrepro.analysis.runs_dir import report_folder
 
-    runs_dir = (args.runs_dir or default_runs_dir()).expanduser().resolve()
     try:
+        runs_dir, note = report_folder(args.runs_dir)  # the runs folder, or its table folder (runs/demo)
+        if note:
+            print(note)
         frame, csv_path, html_path = write_report(runs_dir)
     except (FileNotFoundError, ValueError) as exc:
         return _fail("gcrepro table report", str(exc))

@@ -3,6 +3,8 @@
 Rows 1-3 are Mask R-CNN R50-FPN fixBN 1x: the baseline, GC r16 and GC r4. Each is trained and
 evaluated on the built-in toy dataset with the toy profile, its GC attention is drawn, and the
 report puts the toy numbers beside the paper's (labelled toy: they are not COCO numbers).
+Everything lands in ``RUNS/demo`` (RUNS: ``$GCREPRO_RUNS``, else ``runs/``), where the notebooks and
+``make lab`` find it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ DEMO_ROWS = "1-3"  # baseline, GC r16, GC r4 (R50-FPN, fixBN, 2fc, 1x)
 
 
 def default_demo_dir() -> Path:
+    """``RUNS/demo``: ``$GCREPRO_RUNS/demo``, else ``runs/demo``."""
     from gcrepro.paths import default_runs_dir
 
     return default_runs_dir() / "demo"
@@ -37,9 +40,12 @@ def run_demo(*, runs_dir: Path | None = None, force: bool = False, sets: list[tu
     print(f"\ngcrepro demo finished in {time.perf_counter() - start:.0f} s" + ("" if code == 0 else " WITH FAILURES"))
     print(f"  report (labelled toy: not COCO numbers): {runs_dir / 'report.html'}")
     print(f"                                       {runs_dir / 'report.csv'}")
+    print(f"  box AP chart (ours beside the paper's):  {runs_dir / 'report_ap.png'}")
     if figures:
         print(f"  attention heatmaps ({len(figures)} PNGs): {figures[0].parent.parent.parent}/*/attention/")
         for p in figures:
             print(f"    {p}")
-    print(f"  executed notebooks: {runs_dir}/<entry>/{{train,evaluate,attention}}.ipynb")
+    print(f"  executed notebooks (signed: they open trusted): {runs_dir}/<entry>/{{train,evaluate,attention}}.ipynb, "
+          f"{runs_dir}/report.ipynb")
+    print("  to look at them in JupyterLab: `make lab` (the notebooks find these runs; looking re-runs nothing)")
     return code

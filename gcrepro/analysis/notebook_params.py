@@ -87,6 +87,11 @@ def _device(value: str) -> None:
                          f"got {value!r}") from None
 
 
+def _runs_dir(value: str) -> None:
+    if value and Path(value).expanduser().is_file():
+        raise ValueError(f"expected '' ($GCREPRO_RUNS, else runs/) or a folder of runs, got the file {value!r}")
+
+
 def _overrides(value: dict) -> None:
     from gcrepro.runspec import parse_overrides
 
@@ -109,6 +114,7 @@ RULES: dict[str, Rule] = {
     "num_images": Rule("int", _at_least(1)),
     "device": Rule("str", _device),
     "resume": Rule("str", _one_of("no", "yes", "auto")),
+    "runs_dir": Rule("str", _runs_dir),
     "overrides": Rule("dict", _overrides),
     "spec": Rule("dict", _spec),
 }

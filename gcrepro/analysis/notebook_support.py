@@ -13,14 +13,28 @@ import pandas as pd
 from gcrepro.run_metrics import COCO_KEYS, RunMetrics
 
 
-def run_dir_for(entry: str, work_dir: str) -> Path:
-    """The run folder: ``work_dir`` when given, else ``runs/<entry name>`` (gcrepro.paths.default_runs_dir())."""
+def run_dir_for(entry: str, work_dir: str, *, runs_dir: str = "", existing: bool = False) -> Path:
+    """The run folder: ``work_dir`` when given; else, for a new run, ``RUNS/<entry name>``; for an ``existing``
+    one, the entry's run found under RUNS, ``RUNS/<entry>`` or a table run's ``RUNS/<table>/<entry>``
+    (:func:`gcrepro.analysis.runs_dir.find_run`: printed which one when there are several; RunNotFound naming
+    where it looked). RUNS: ``runs_dir``, else ``$GCREPRO_RUNS``, else ``runs/``."""
     if work_dir:
         return Path(work_dir).expanduser().resolve()
     import gcrepro
-    from gcrepro.paths import default_runs_dir
+    from gcrepro.analysis import runs_dir as runs
 
-    return default_runs_dir() / gcrepro.get_entry(entry).name
+    name = gcrepro.get_entry(entry).name
+    if not existing:
+        root = Path(runs_dir).expanduser().resolve() if runs_dir else None
+        if root is not None and root.is_file():
+            raise runs.RunsDirError(f"runs_dir {root} is a file, expected a folder of runs")
+        from gcrepro.paths import default_runs_dir
+
+        return (root or default_runs_dir()) / name
+    found, note = runs.find_run(name, runs_dir or None)
+    if note:
+        print(note)
+    return found
 
 
 def checkpoint_for(run_dir: Path, checkpoint: str) -> Path:
@@ -34,11 +48,61 @@ def checkpoint_for(run_dir: Path, checkpoint: str) -> Path:
 
     found = latest_checkpoint(run_dir)
     if found is None:
+        from gcrepro.analysis.run_status import read_status
+
+        status = read_status(run_dir) or {}
+        why = f" (its status.json: {status['state']}{', ' + status['error'] if status.get('error') else ''})" \
+            if status.get("state") else ""
         raise FileNotFoundError(
-            f"no checkpoint in {run_dir}/checkpoints: run train.ipynb (or `gcrepro train`) for this entry "
-            "first, with the same work_dir, or set the checkpoint parameter"
+            f"no checkpoint in {run_dir}/checkpoints{why}: train this entry there (train.ipynb with this work_dir, "
+            "or `gcrepro train --work-dir`), or set the checkpoint parameter"
         )
     return found
+
+
+def stored_evaluation(run_dir: Path, *, checkpoint: str = "", data: str = "") -> tuple[RunMetrics | None, str]:
+    """(the run's metrics.json when it already holds the evaluation asked for, why not otherwise).
+
+    Asked for: the run's own final checkpoint (or ``checkpoint``, when given) on its own val set (or the one at
+    ``data``). The evaluation of an earlier checkpoint of a training that went on is not it."""
+    from gcrepro.run_metrics import METRICS_JSON, read_metrics
+
+    if not (Path(run_dir) / METRICS_JSON).is_file():
+        return None, f"no {METRICS_JSON} in {run_dir} yet"
+    metrics = read_metrics(run_dir)
+    if not metrics.evaluated:
+        return None, f"{metrics.path}: trained, not evaluated yet"
+    evaluated = str(metrics.eval.get("checkpoint") or "")
+    if checkpoint and (not evaluated or Path(evaluated).resolve() != Path(checkpoint).expanduser().resolve()):
+        return None, f"{metrics.path} holds the evaluation of {evaluated or 'another checkpoint'}, not {checkpoint}"
+    if data and (metrics.eval_data is None or Path(metrics.eval_data.root).resolve() != Path(data).expanduser().resolve()):
+        on = metrics.eval_data.root if metrics.eval_data else "another val set"
+        return None, f"{metrics.path} holds an evaluation on {on}, not on {data}"
+    at = metrics.eval.get("checkpoint_iteration")
+    if not checkpoint and metrics.iterations is not None and at is not None and at != metrics.iterations:
+        return None, f"{metrics.path} holds the evaluation at iteration {at}; the training went on to {metrics.iterations}"
+    return metrics, f"stored evaluation ({metrics.path}) of {evaluated or 'the checkpoint'}" + (
+        f", iteration {at}" if at is not None else "")
+
+
+def evaluation(entry: str, run_dir: Path, *, checkpoint: str, data: str, gpus: int,
+               reevaluate: bool) -> RunMetrics:
+    """What evaluate.ipynb shows: the run's stored evaluation when it has the one asked for and ``reevaluate`` is
+    False (looking writes nothing); else ``gcrepro.evaluate``, which writes metrics.json, and coco_table.csv beside
+    it. Prints which."""
+    if not reevaluate:
+        stored, why = stored_evaluation(run_dir, checkpoint=checkpoint, data=data)
+        if stored is not None:
+            print(f"{why}: shown as stored, nothing re-run (reevaluate=True evaluates again)")
+            return stored
+        print(f"evaluating: {why}")
+    import gcrepro
+
+    path = checkpoint_for(run_dir, checkpoint)
+    print(f"checkpoint {path}")
+    metrics = gcrepro.evaluate(entry, checkpoint=path, data=data or None, work_dir=run_dir, gpus=gpus)
+    save_coco_table(run_dir, coco_table(metrics))
+    return metrics
 
 
 def styled(frame: pd.DataFrame, *, caption: str, precision: int,
@@ -51,7 +115,8 @@ def styled(frame: pd.DataFrame, *, caption: str, precision: int,
 
 
 def coco_table(metrics: RunMetrics) -> pd.DataFrame:
-    """The 12 COCO numbers of bbox and segm as a 2 x 12 table (percent; NaN where COCOeval has no ground truth)."""
+    """The 12 COCO numbers of bbox and segm as a 2 x 12 table (percent; NaN where COCOeval has no ground truth,
+    shown as '—' by :func:`styled`)."""
     if not metrics.evaluated:
         raise ValueError(f"{metrics.path}: not evaluated yet (no 'bbox' / 'segm'); run evaluate.ipynb or gcrepro eval")
     rows = {task: [math.nan if numbers[k] is None else float(numbers[k]) for k in COCO_KEYS]
@@ -59,14 +124,31 @@ def coco_table(metrics: RunMetrics) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(COCO_KEYS))
 
 
+def save_coco_table(run_dir: Path, frame: pd.DataFrame) -> Path:
+    """``run_dir/coco_table.csv``: the COCO table as numbers (empty where there is none)."""
+    from gcrepro.atomic import write_text_atomic
+
+    return write_text_atomic(Path(run_dir) / "coco_table.csv", frame.to_csv(float_format="%.2f"))
+
+
+def coco_caption(entry: str, metrics: RunMetrics, frame: pd.DataFrame) -> str:
+    """The COCO table's caption: the entry, the label, and what a '—' means when there is one."""
+    text = f"{entry}: {metrics.label_text}"
+    if frame.isna().to_numpy().any():
+        text += " (—: no ground-truth object of that size in the val set)"
+    return text
+
+
 def cost_table(metrics: RunMetrics, entry) -> pd.DataFrame:
-    """Mem, s/iter and fps: ours (and how measured) beside the paper's where the paper has them."""
+    """Mem, s/iter and fps: ours (and how measured) beside the paper's where the paper has them. One header row:
+    the row labels are the index, unnamed."""
     rows = [
         ("Mem (GB)", metrics.mem_gb, entry.paper_mem_gb, metrics.mem_kind or ""),
         ("train s/iter", metrics.train_s_per_iter, entry.paper_train_s_per_iter, "mean, first iterations excluded"),
         ("inference fps", metrics.inf_fps, entry.paper_inf_fps, "batch 1, whole pipeline"),
     ]
-    frame = pd.DataFrame(rows, columns=["", "ours", "paper (V100)", "ours measured as"]).set_index("")
+    frame = pd.DataFrame([r[1:] for r in rows], index=[r[0] for r in rows],
+                         columns=["ours", "paper (V100)", "ours measured as"])
     frame["ours"] = pd.to_numeric(frame["ours"], errors="coerce")
     frame["paper (V100)"] = pd.to_numeric(frame["paper (V100)"], errors="coerce")
     return frame

@@ -12,6 +12,10 @@ folder (:mod:`gcrepro.run_lock`) from before it reads, clears or resumes it unti
 done; the notebooks' kernels, its children, enter it. An entry whose folder another process holds is
 skipped, untouched, with one line naming the holder (also with ``force``).
 
+Every executed notebook is signed with the user's Jupyter notary (:func:`sign_notebook`), so that JupyterLab
+opens it trusted, styled tables and widgets included; report.ipynb replaces an earlier one only when it ran
+through (a failed one is kept as report.failed.ipynb).
+
 ``table_run`` is the whole command (``gcrepro table run``, ``gcrepro demo``): plan, run, report.
 """
 from __future__ import annotations
@@ -61,13 +65,13 @@ def base_params(entry: str, run_dir: Path, *, gpus: int) -> dict[str, dict[str, 
         # a cleared or new folder starts one.
         "train": {**common, "gpus": gpus, "resume": "auto"},
         "evaluate": {**common, "gpus": gpus},
-        "attention": {**common, "interactive": False},
+        "attention": dict(common),
     }
 
 
 # Names the runner sets from its own options; `--set` may not set them.
-RESERVED = {"entry": "--entries/--rows", "data": "--data", "work_dir": "--runs-dir", "profile": "--profile",
-            "gpus": "--gpus", "interactive": "the runner (always False headless)",
+RESERVED = {"entry": "--entries/--rows", "data": "--data", "work_dir": "--runs-dir", "runs_dir": "--runs-dir",
+            "profile": "--profile", "gpus": "--gpus",
             "resume": "the runner (a failed entry resumes; --force starts afresh)",
             "spec": "the runner (the run resolved from --data, --profile and --set overrides.KEY)"}
 
@@ -197,7 +201,7 @@ def plan_checkpoints(
     params_of = {}
     for entry in entries:
         common = {"entry": entry, "work_dir": str(runs_dir / entry)}
-        base = {"evaluate": {**common, "gpus": gpus}, "attention": {**common, "interactive": False}}
+        base = {"evaluate": {**common, "gpus": gpus}, "attention": dict(common)}
         params_of[entry] = nbp.apply_sets(base, list(sets), declared, reserved=RESERVED)
     if data is None:
         data = data_root() / "coco"
@@ -242,6 +246,26 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
                 f"Jupyter kernel {kernel_name!r} ({spec.resource_dir}) runs {exe}, not this Python "
                 f"({sys.executable}); remove that kernel spec or run `{sys.executable} -m ipykernel install --sys-prefix`"
             )
+
+
+_NOTARY_LOCK = threading.Lock()  # entries run in threads (--jobs); the notary's database is one SQLite file
+
+
+def sign_notebook(path: Path) -> bool:
+    """Sign an executed notebook with the user's Jupyter notary (``nbformat.sign``: the secret and the signature
+    database in the Jupyter data folder), so that JupyterLab opens it trusted. False, with one line on stderr,
+    when the notary cannot be written (the notebook is fine, it opens untrusted)."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        with _NOTARY_LOCK:
+            NotebookNotary().sign(nb)
+    except Exception as exc:  # noqa: BLE001 - the run is not at stake, only the notebook's trust
+        print(f"note: {path} not signed ({type(exc).__name__}: {exc}); it opens untrusted", file=sys.stderr)
+        return False
+    return True
 
 
 def _error_of(exc: BaseException) -> tuple[str, list[str]]:
@@ -294,6 +318,8 @@ def run_entry(
             run_status.write_status(plan.run_dir, status)
             raise
         except Exception as exc:  # noqa: BLE001 - isolate any failure to this entry
+            if output.is_file():
+                sign_notebook(output)
             status["timings"][nb] = round(time.perf_counter() - t0, 1)
             error, tb = _error_of(exc)
             status.update(state="failed", error=error, failed_notebook=str(output), traceback=tb or None,
@@ -301,6 +327,7 @@ def run_entry(
             run_status.write_status(plan.run_dir, status)
             echo(f" {status['timings'][nb]:.0f}s")
             return status
+        sign_notebook(output)
         status["timings"][nb] = round(time.perf_counter() - t0, 1)
         echo(f" {status['timings'][nb]:.0f}s")
         run_status.write_status(plan.run_dir, status)
@@ -413,18 +440,32 @@ def _run_held(plan: EntryPlan, *, force: bool, notebooks: Path | None, echo: Cal
     return status
 
 
+REPORT_FAILED = "report.failed.ipynb"
+
+
 def run_report_notebook(runs_dir: Path, *, notebooks: Path | None = None) -> Path:
-    """Execute report.ipynb over ``runs_dir`` into ``runs_dir/report.ipynb`` (it writes report.html and report.csv)."""
+    """Execute report.ipynb over ``runs_dir`` into ``runs_dir/report.ipynb`` (it writes report.html and report.csv).
+    The notebook runs under a temporary name and replaces report.ipynb only when it ran through; a failed one is
+    kept as report.failed.ipynb (signed either way) and its error raised."""
     import papermill
 
     runs_dir = Path(runs_dir).resolve()
     path = nbp.notebook_path(nbp.REPORT_NOTEBOOK, notebooks)
     declared = nbp.declared_params(path)
     params = nbp.apply_sets({"report": {"runs_dir": str(runs_dir)}}, [], {"report": declared})["report"]
-    output = runs_dir / "report.ipynb"
-    papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=KERNEL_NAME,
-                               progress_bar=False, log_output=False, cwd=str(runs_dir),
-                               extra_arguments=KERNEL_ARGS)
+    output, running = runs_dir / "report.ipynb", runs_dir / ".report.running.ipynb"
+    try:
+        papermill.execute_notebook(str(path), str(running), parameters=params, kernel_name=KERNEL_NAME,
+                                   progress_bar=False, log_output=False, cwd=str(runs_dir),
+                                   extra_arguments=KERNEL_ARGS)
+    except BaseException:
+        if running.is_file():
+            sign_notebook(running)
+            running.replace(runs_dir / REPORT_FAILED)
+        raise
+    sign_notebook(running)
+    running.replace(output)
+    (runs_dir / REPORT_FAILED).unlink(missing_ok=True)
     return output
 
 
@@ -498,7 +539,7 @@ def table_run(
         print(f"report: {runs_dir / 'report.html'}\n        {runs_dir / 'report.csv'}\n        {notebook}")
     except Exception as exc:  # noqa: BLE001 - the runs are kept; say what broke
         report_ok = False
-        print(f"report FAILED: {type(exc).__name__}: {exc} (see {runs_dir / 'report.ipynb'})")
+        print(f"report FAILED: {type(exc).__name__}: {exc} (see {runs_dir / REPORT_FAILED})")
     if failed:
         print(f"{len(failed)} of {len(plans)} entries failed: {', '.join(failed)} "
               "(each run folder keeps status.json and the failing notebook)")

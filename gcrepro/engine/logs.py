@@ -1,5 +1,8 @@
 """Log lines of a run: INFO to stderr on rank 0 (warnings only on other ranks) and ``WORK_DIR/log.txt``.
 
+Inside a notebook (an IPython kernel) INFO lines go to stdout instead, so that progress and the COCOeval
+summary read as output, not as pink error blocks; warnings and errors stay on stderr.
+
 Handlers are attached to the ``gcrepro`` logger and replaced on each call, so a notebook that
 trains several times does not print every line several times. When ``log.txt`` cannot be written
 (a full disk) one line says so and the run goes on logging to the console. The command line appends
@@ -33,6 +36,32 @@ class _RunLogFile(logging.FileHandler):
               file=sys.stderr)
 
 
+def in_notebook() -> bool:
+    """This process is a Jupyter kernel whose output goes to a notebook (ipykernel replaced sys.stdout)."""
+    return "ipykernel" in sys.modules and type(sys.stdout).__module__.startswith("ipykernel")
+
+
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def _console_handlers(rank: int, formatter: logging.Formatter) -> list[logging.Handler]:
+    """stderr (INFO on rank 0, WARNING elsewhere); in a notebook INFO to stdout and WARNING up to stderr."""
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    handlers: list[logging.Handler] = [errors]
+    if rank == 0 and in_notebook():
+        errors.setLevel(logging.WARNING)
+        info = logging.StreamHandler(sys.stdout)
+        info.setLevel(logging.INFO)
+        info.addFilter(_BelowWarning())
+        handlers.append(info)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    return handlers
+
+
 def setup_logging(work_dir: Path | None, *, rank: int) -> None:
     """Route ``gcrepro.*`` log records: console on rank 0 (INFO), file ``work_dir/log.txt`` if given."""
     root = logging.getLogger("gcrepro")
@@ -42,11 +71,10 @@ def setup_logging(work_dir: Path | None, *, rank: int) -> None:
     root.setLevel(logging.INFO)
     root.propagate = False
     prefix = "" if rank == 0 else f"[rank {rank}] "
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    console.setFormatter(logging.Formatter(f"{prefix}%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
-    setattr(console, _TAG, True)
-    root.addHandler(console)
+    formatter = logging.Formatter(f"{prefix}%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S")
+    for console in _console_handlers(rank, formatter):
+        setattr(console, _TAG, True)
+        root.addHandler(console)
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
         file_handler = _RunLogFile(work_dir / LOG_FILE)
