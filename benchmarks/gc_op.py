@@ -23,7 +23,9 @@ that must move, in passes over the N*C*H*W tensor (one pass = one read or one wr
                   fwd+bwd 10 (+ ReLU mask: read grad, read out, write grad_in; context: read x and
                   grad_in, write grad_x)
 At the toy shapes every tensor fits in cache: the floor says little there, the per-call overhead
-much. Writes a table to stdout and JSON to benchmarks/gc_op.json (or --json).
+much. On CUDA each row also records the context kernels' launch split for its shape
+(cuda_context_plan: positions per block, blocks per sample, threads; csrc/cuda/launch_plan.h).
+Writes a table to stdout and JSON to benchmarks/gc_op.json (or --json).
 """
 from __future__ import annotations
 
@@ -145,10 +147,13 @@ class ShapeCase:
 
 def bench(shape_sets, device, dtype, layout, repeat, bandwidth):
     rows = []
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
     for set_name in shape_sets:
         for shape in SHAPE_SETS[set_name]:
             sc = ShapeCase(shape, device, dtype, layout)
             tensor_bytes = sc.x.numel() * sc.x.element_size()
+            n, _, h, w = shape
+            plan = torch.ops.gcrepro.cuda_context_plan(n, h * w, layout == "channels_last", sms)[:3] if sms else None
             for case in CASES:
                 for mode in MODES:
                     times = {impl: time_ms(sc.fn(case, mode, impl), device, repeat) for impl in ("reference", "fused")}
@@ -158,6 +163,7 @@ def bench(shape_sets, device, dtype, layout, repeat, bandwidth):
                         "reference_ms": times["reference"], "fused_ms": times["fused"],
                         "speedup": times["reference"] / times["fused"],
                         "floor_ms": floor_ms, "fused_over_floor": times["fused"] / floor_ms,
+                        "cuda_context_plan": plan,
                     })
     return rows
 

@@ -5,8 +5,10 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cuda/launch_plan.h"
 
 #include <string>
+#include <vector>
 
 extern "C" {
 // `import gcrepro._C` loads this library, which registers the ops below with the dispatcher
@@ -19,7 +21,7 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(gcrepro, m) {
   // Attention pooling of a GC block in one pass over x: logits = w . x + b, softmax over H*W,
-  // context = sum_j softmax_j x[:, :, j] -> (context [N, C] (x's dtype), lse [N] (fp32; fp64 for fp64 x)).
+  // context = sum_j softmax_j x[:, :, j] -> (context [N, C], lse [N]), fp32 (fp64 for fp64 x).
   m.def("gc_context(Tensor x, Tensor w, Tensor? b) -> (Tensor, Tensor)");
   // -> (grad_x (+ grad_x_add, summed in the same pass), grad_w); grad_b = sum(grad_lse) needs no kernel.
   m.def("gc_context_backward(Tensor grad_context, Tensor? grad_lse, Tensor x, Tensor w, Tensor? b, "
@@ -30,4 +32,12 @@ TORCH_LIBRARY(gcrepro, m) {
   m.def("gc_add_relu_backward(Tensor grad_out, Tensor out) -> (Tensor, Tensor)");
   // The vector ISA the CPU kernels run: "avx2" or "baseline" (cpu/isa.h).
   m.def("cpu_isa() -> str", [] { return std::string(gcrepro::cpu::cpu_isa_name()); });
+  // The split the CUDA gc_context kernels use for a batch of N samples of H*W positions on a GPU
+  // with `sms` multiprocessors: [positions per block, blocks per sample, threads per block, largest
+  // batch] (cuda/launch_plan.h). Host arithmetic only: the CPU tests check it without a GPU.
+  m.def("cuda_context_plan(int N, int HW, bool channels_last, int sms) -> int[]",
+        [](int64_t N, int64_t HW, bool channels_last, int64_t sms) {
+          const gcrepro::ContextPlan plan = gcrepro::context_plan(N, HW, channels_last, sms);
+          return std::vector<int64_t>{plan.positions, plan.chunks, plan.threads, gcrepro::kMaxGridY};
+        });
 }

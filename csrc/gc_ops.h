@@ -61,9 +61,17 @@ inline Tensor empty_4d(const Tensor& like, bool nhwc) {
                                      nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
 }
 
+// The dtypes every kernel is compiled for (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)). Not
+// at::isFloatingType: that also admits the float8 types, which the dispatch would then reject
+// with a message naming the kernel instead of the input.
+inline bool kernel_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
 inline void check_x(const Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be [N, C, H, W], got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK(kernel_dtype(x.scalar_type()), op, ": x must be float16, bfloat16, float32 or float64, got ",
+              x.scalar_type());
   TORCH_CHECK(x.size(1) >= 1 && x.size(2) * x.size(3) >= 1, op,
               ": x needs C >= 1 and H*W >= 1, got shape ", x.sizes());
 }
@@ -80,9 +88,15 @@ inline Tensor small_acc(const Tensor& v, const Tensor& x, int64_t numel, at::Int
 }
 
 // ---------------------------------------------------------------------------------------
-// gc_context(x, w, b) -> (context [N, C] in x's dtype, lse [N] in the accumulation type)
+// gc_context(x, w, b) -> (context [N, C], lse [N]), both in the accumulation type
 //   logits_j = w . x[:, j] + b;  p = softmax_j(logits);  context[c] = sum_j p_j x[c, j]
 //   lse = log(sum_j exp(logits_j)) (saved for the backward: p_j = exp(logits_j - lse)).
+//   The context stays in the accumulation type: the transform that follows computes in it, and
+//   the backward (gc_context_backward's g . context, the transform's weight gradient) needs the
+//   unrounded value (rounded to bf16 it biases the weight gradients by ~2^-9 of their scale).
+//   Logits of -inf (an -inf in x, or w . x overflowing) get weight 0 even when a whole chunk of
+//   positions has nothing else: the kernels never form exp(-inf - (-inf)). Only a sample whose
+//   logits are all -inf gets a NaN context (and lse -inf), as torch.softmax gives.
 // Kernels::context_forward(Dense4d, w_acc [C]) -> (context [N, C], lse_without_bias [N]).
 template <class Kernels>
 std::tuple<Tensor, Tensor> gc_context_op(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b) {
@@ -91,7 +105,8 @@ std::tuple<Tensor, Tensor> gc_context_op(const Tensor& x, const Tensor& w, const
   const Dense4d d = as_dense(x);
   const Tensor wv = small_acc(w, x, d.C, {d.C}, op, "w (conv_mask weight)");
   if (d.N == 0) {
-    return {at::empty({0, d.C}, x.options()), at::empty({0}, x.options().dtype(acc_type(x.scalar_type())))};
+    const auto acc_opts = x.options().dtype(acc_type(x.scalar_type()));
+    return {at::empty({0, d.C}, acc_opts), at::empty({0}, acc_opts)};
   }
   auto [context, lse] = Kernels::context_forward(d, wv);
   if (b.has_value()) {

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in ONE call on a lent GPU machine (device tool), sized to its
-# 15 minutes: build the CUDA op, run the GPU tests, time the op and the Mask R-CNN train step.
+# Every GPU check of the project in ONE call on a lent GPU machine (device tool), sized to fit one
+# 10-minute call: build the CUDA op, run the GPU tests, run the op's kernels under compute-sanitizer,
+# time the op and the Mask R-CNN train step.
 #
 #   here:    sh scripts/gpu_wheels.sh                        (pycocotools for the GPU's Python 3.12)
 #   device:  run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=900 or less)
 #
 # Outputs under $OUT (the device tool returns them): log.txt (everything), build.log, pytest_gpu.log,
-# gc_op_bf16.json, gc_op_fp32.json, train_step.json, train_step_bf16.json. A short summary prints last.
+# sanitize_{memcheck,racecheck,synccheck,initcheck}.log, gc_op_bf16.json, gc_op_fp32.json,
+# train_step.json, train_step_bf16.json. A short summary prints last.
 # Record the figures with card and date in benchmarks/RESULTS.md.
 set -u -o pipefail
 OUT=${OUT:-/tmp/gcrepro_gpu_out}
@@ -40,6 +42,39 @@ GPU_TEST_FILES=$(grep -l -E "mark\.gpu|gpu_test" tests/test_*.py)
 python3 -m pytest -q -m gpu -p no:cacheprovider $GPU_TEST_FILES 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
 TESTS=$(tail -1 "$OUT/pytest_gpu.log")
 
+stamp "compute-sanitizer over scripts/gc_sanitize.py (the op's kernels only)"
+# memcheck (out of bounds, misaligned), racecheck (shared memory), synccheck (barriers), initcheck
+# (uninitialised global reads): the four tools at once, each on its own process, each limited to
+# 150 s (the script is small: 25 cases, 6 op calls each); --kernel-name instruments our kernels only.
+# The toolkit's own, else the one of the carried nvidia-cuda-sanitizer-api wheel (gpu_wheels.sh).
+SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer \
+    /usr/local/cuda*/bin/compute-sanitizer /tmp/site/nvidia/cu*/bin/compute-sanitizer 2>/dev/null | head -1)
+SANITIZE=""
+if [ -z "$SANITIZER" ]; then
+    SANITIZE="SKIPPED: compute-sanitizer not found (PATH, \$CUDA_HOME/bin, /usr/local/cuda*/bin, no carried wheel)"
+    echo "$SANITIZE"
+else
+    echo "using $SANITIZER ($("$SANITIZER" --version | grep -m1 Version))"
+    declare -A SAN_PID
+    for tool in memcheck racecheck synccheck initcheck; do
+        timeout 150 "$SANITIZER" --tool "$tool" --kernel-name kns=gcrepro --error-exitcode 3 --print-limit 20 \
+            python3 scripts/gc_sanitize.py > "$OUT/sanitize_$tool.log" 2>&1 &
+        SAN_PID[$tool]=$!
+    done
+    for tool in memcheck racecheck synccheck initcheck; do
+        wait "${SAN_PID[$tool]}"
+        rc=$?
+        case $rc in
+            0) verdict="clean" ;;
+            3) verdict="ERRORS (see sanitize_$tool.log)" ;;
+            124) verdict="timed out after 150 s" ;;
+            *) verdict="failed, exit $rc (see sanitize_$tool.log)" ;;
+        esac
+        echo "$tool: $verdict"; tail -3 "$OUT/sanitize_$tool.log"
+        SANITIZE="$SANITIZE $tool: $verdict;"
+    done
+fi
+
 stamp "benchmarks/gc_op.py (bf16, fp32)"
 python3 benchmarks/gc_op.py --device cuda --dtype bfloat16 --json "$OUT/gc_op_bf16.json"
 python3 benchmarks/gc_op.py --device cuda --dtype float32 --json "$OUT/gc_op_fp32.json"
@@ -50,6 +85,7 @@ python3 benchmarks/train_step.py --amp bf16 --json "$OUT/train_step_bf16.json"
 
 stamp summary
 echo "GPU tests: $TESTS"
+echo "compute-sanitizer:$SANITIZE"
 python3 - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -70,7 +106,8 @@ for name in ("gc_op_bf16", "gc_op_fp32"):
     print(f"{name}: {r['device']}  copy {r['copy_bandwidth_gb_s']:.0f} GB/s")
     for row in r["rows"]:
         print(f"  {'x'.join(map(str, row['shape'])):<16} {row['op']:<15} {row['mode']:<8} ref {row['reference_ms']:7.3f} "
-              f"fused {row['fused_ms']:7.3f} ms  {row['speedup']:5.2f}x  {row['fused_over_floor']:5.2f}x floor")
+              f"fused {row['fused_ms']:7.3f} ms  {row['speedup']:5.2f}x  {row['fused_over_floor']:5.2f}x floor"
+              f"  plan {row.get('cuda_context_plan')}")
     for k, v in r["targets"].items():
         print(f"  target {k}: {'met' if v else 'NOT met'}")
 for name in ("train_step", "train_step_bf16"):

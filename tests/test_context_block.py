@@ -167,13 +167,18 @@ def test_auto_runs_the_compiled_op_for_the_paper_block_only(monkeypatch, caplog)
         block(x)
         block(x, x)
         assert calls == [False, True]
-        ContextBlock(16, 1 / 4, fusion_types=("channel_add", "channel_mul"))(x)  # not the paper's block
-        ContextBlock(16, 1 / 4, pooling_type="avg")(x)
-        ContextBlock(16, 1 / 4, impl="reference")(x)
-        block(x, x.double())  # a residual of another dtype: inputs the kernels do not take
+        for _ in range(2):
+            ContextBlock(16, 1 / 4, fusion_types=("channel_add", "channel_mul"))(x)  # not the paper's block
+            ContextBlock(16, 1 / 4, pooling_type="avg")(x)
+            ContextBlock(16, 1 / 4, impl="reference")(x)
+            block(x, x.double())  # a residual of another dtype: inputs the kernels do not take
     assert calls == [False, True]
-    records = [r for r in caplog.records if r.name == "gcrepro.ops"]
-    assert len(records) == 2  # once for the compiled op on cpu, once for the reference on cpu
+    records = [r.getMessage() for r in caplog.records if r.name == "gcrepro.ops"]
+    # one line per decision and reason, however often it is taken: the compiled op; the reference
+    # for a block that is not the paper's (both ablation blocks), for impl='reference', for the residual
+    assert len(records) == 4, records
+    assert sum("fused compiled op" in m for m in records) == 1
+    assert any("not the paper's" in m for m in records) and any("torch.float64" in m for m in records)
 
 
 def test_auto_without_build_runs_reference(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,6 +50,12 @@ Split make_split(int64_t N, int64_t C, int64_t HW, int64_t elem_size, bool nhwc)
   return s;
 }
 
+// m, or 0 where m is -inf: the reference point of exp(logit - m) when every logit is -inf.
+template <typename acc_t>
+inline acc_t finite_or_zero(acc_t m) {
+  return m == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : m;
+}
+
 template <typename acc_t, typename scalar_t>
 inline acc_t dot(const acc_t* a, const scalar_t* x, int64_t n) {
   acc_t s = 0;
@@ -147,7 +153,7 @@ inline void chunk_logits(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, i
 }
 
 // One task of the forward: positions [jb, je) of one sample -> running max m, sum of
-// exp(logit - m) s, and acc[c] = sum_j exp(logit_j - m) x[c, j].
+// exp(logit - m) s, and acc[c] = sum_j exp(logit_j - m) x[c, j] (m read as 0 while it is -inf).
 template <typename scalar_t, typename acc_t>
 void forward_task(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t jb, int64_t je, int64_t chunk,
                   const acc_t* w, acc_t* out_m, acc_t* out_s, acc_t* acc, acc_t* l) {
@@ -160,10 +166,13 @@ void forward_task(const scalar_t* xn, bool nhwc, int64_t C, int64_t HW, int64_t 
     acc_t cm = l[0];
     for (int64_t j = 1; j < jn; ++j) cm = std::max(cm, l[j]);
     const acc_t m_new = std::max(m, cm);
-    const acc_t scale = std::exp(m - m_new);  // 0 on the first chunk (m = -inf)
+    // Weights are exp(logit - ref). ref = m_new, except while every logit so far is -inf: then
+    // exp(-inf - (-inf)) would be NaN; with ref 0 those weights are 0, as the softmax has them.
+    const acc_t ref = finite_or_zero(m_new);
+    const acc_t scale = std::exp(m - ref);  // 0 on the first chunk (m = -inf)
     acc_t ps = 0;
     for (int64_t j = 0; j < jn; ++j) {
-      l[j] = std::exp(l[j] - m_new);  // l now holds the unnormalised softmax weights
+      l[j] = std::exp(l[j] - ref);  // l now holds the unnormalised softmax weights
       ps += l[j];
     }
     s = s * scale + ps;
@@ -246,6 +255,7 @@ void backward_task(const scalar_t* xn, const scalar_t* axn, scalar_t* dxn, bool 
 template <typename scalar_t>
 void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Tensor& part_m, Tensor& part_s,
                           Tensor& part_acc, Tensor& context, Tensor& lse) {
+  // (context and lse in the accumulation type: ../gc_ops.h)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = d.N, C = d.C, HW = d.HW;
   const scalar_t* x = d.t.const_data_ptr<scalar_t>();
@@ -262,8 +272,9 @@ void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Te
                                     pa + task * C, l.data());
     }
   });
-  // Merge the tasks of each sample: rescale every partial to the sample's max.
-  scalar_t* out = context.mutable_data_ptr<scalar_t>();
+  // Merge the tasks of each sample: rescale every partial to the sample's max (0 if it is -inf:
+  // every logit -inf, S = 0, context 0/0 = NaN and lse -inf, as the reference has them).
+  acc_t* out = context.mutable_data_ptr<acc_t>();
   acc_t* lp = lse.mutable_data_ptr<acc_t>();
   {  // (serial: N * splits * C values)
     std::vector<acc_t> scale(sp.splits);
@@ -271,9 +282,10 @@ void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Te
     for (int64_t n = 0; n < N; ++n) {
       const acc_t* m = pm + n * sp.splits;
       const acc_t M = *std::max_element(m, m + sp.splits);
+      const acc_t ref = finite_or_zero(M);
       acc_t S = 0;
       for (int64_t k = 0; k < sp.splits; ++k) {
-        scale[k] = std::exp(m[k] - M);
+        scale[k] = std::exp(m[k] - ref);
         S += ps[n * sp.splits + k] * scale[k];
       }
       std::fill(sum.begin(), sum.end(), acc_t(0));
@@ -284,7 +296,7 @@ void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Te
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) su[c] += sk * a[c];
       }
-      for (int64_t c = 0; c < C; ++c) out[n * C + c] = static_cast<scalar_t>(sum[c]);
+      std::copy(sum.begin(), sum.end(), out + n * C);
       lp[n] = M + std::log(S);
     }
   }
@@ -323,7 +335,7 @@ Tensor_pair context_forward(const Dense4d& d, const Tensor& w) {
   Tensor part_m = at::empty({d.N, sp.splits}, acc_opts);
   Tensor part_s = at::empty({d.N, sp.splits}, acc_opts);
   Tensor part_acc = at::empty({d.N, sp.splits, d.C}, acc_opts);
-  Tensor context = at::empty({d.N, d.C}, d.t.options());
+  Tensor context = at::empty({d.N, d.C}, acc_opts);
   Tensor lse = at::empty({d.N}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_cpu", [&] {
     context_forward_impl<scalar_t>(d, sp, w, part_m, part_s, part_acc, context, lse);

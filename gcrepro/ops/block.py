@@ -14,7 +14,9 @@ Registered with torch.library (custom_op, register_fake, register_autograd): wit
 requiring grad it runs without an autograd node and saves nothing; torch.compile traces it
 through the fake kernel; forward-mode AD raises (custom_op alone would drop the tangents).
 Besides ``out`` it returns what its backward needs (the context, its log-sum-exp, T's hidden
-values): non-differentiable, like native_layer_norm's mean and rstd.
+values), all in the accumulation dtype: non-differentiable, like native_layer_norm's mean and rstd.
+The context is kept unrounded: rounded to x's dtype (bf16) it would bias the weight gradients of T's
+first conv and of conv_mask by ~2**-9 of their scale.
 """
 from __future__ import annotations
 
@@ -47,9 +49,9 @@ def gc_block(
     """x [N, C, H, W]; conv_mask weight [1, C, 1, 1] and bias [1] (or None); T's conv1 weight
     [P, C, 1, 1] and bias [P], LayerNorm weight and bias [P, 1, 1] and eps, conv2 weight [C, P, 1, 1]
     and bias [C]; residual [N, C, H, W] or None; relu.
-    -> out [N, C, H, W] (x's dtype, x's layout), and for the backward: context [N, C] (x's dtype);
-    in the accumulation dtype lse [N], h [N, P] (conv1 output), mean and rstd [N, 1] (LayerNorm's
-    statistics of h), a [N, P] (ReLU output)."""
+    -> out [N, C, H, W] (x's dtype, x's layout), and for the backward, in the accumulation dtype:
+    context [N, C], lse [N], h [N, P] (conv1 output), mean and rstd [N, 1] (LayerNorm's statistics
+    of h), a [N, P] (ReLU output)."""
     if torch.autograd.forward_ad._current_level >= 0:
         # custom_op has no forward-mode formula and would return the outputs without their tangents
         raise NotImplementedError(
@@ -61,8 +63,8 @@ def gc_block(
     p = w1.shape[0]
     acc = acc_dtype(x.dtype)
     with _autocast_off(x.device.type):
-        context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C], [N]
-        h = torch.addmm(_as(b1, acc), _as(context, acc), _as(w1.reshape(p, c), acc).t())  # [N, P]
+        context, lse = ops.gc_context(x, mask_w, mask_b)  # [N, C], [N] (acc)
+        h = torch.addmm(_as(b1, acc), context, _as(w1.reshape(p, c), acc).t())  # [N, P]
         ln_wb = _as(ln_w.reshape(p), acc), _as(ln_b.reshape(p), acc)
         hn, mean, rstd = torch.native_layer_norm(h, [p], *ln_wb, ln_eps)  # [N, P], [N, 1], [N, 1]
         a = torch.relu(hn)  # [N, P]
@@ -76,7 +78,7 @@ def _gc_block_fake(x, mask_w, mask_b, w1, b1, ln_w, ln_b, ln_eps, w2, b2, residu
     n, c = x.shape[:2]
     p = w1.shape[0]
     acc = acc_dtype(x.dtype)
-    return (empty_4d(x), x.new_empty((n, c)), x.new_empty((n,), dtype=acc), x.new_empty((n, p), dtype=acc),
+    return (empty_4d(x), x.new_empty((n, c), dtype=acc), x.new_empty((n,), dtype=acc), x.new_empty((n, p), dtype=acc),
             x.new_empty((n, 1), dtype=acc), x.new_empty((n, 1), dtype=acc), x.new_empty((n, p), dtype=acc))
 
 
@@ -108,7 +110,7 @@ def _backward(ctx, grad_out: Tensor | None, *_non_differentiable):
         g_h, g_lnw, g_lnb = torch.ops.aten.native_layer_norm_backward(
             g_hn, h, [p], mean, rstd, _as(ln_w.reshape(p), acc), _as(ln_b.reshape(p), acc), [True, True, True]
         )  # [N, P], [P], [P]
-        g_w1 = g_h.t() @ _as(context, acc)  # [P, C]
+        g_w1 = g_h.t() @ context  # [P, C]
         g_b1 = g_h.sum(0)  # [P]
         g_context = g_h @ _as(w1.reshape(p, c), acc)  # [N, C]
         # The context, with the add's gradient for x summed into grad_x in the same pass.

@@ -10,7 +10,8 @@ Ops (namespace torch.ops.gcrepro, schemas in csrc/gc_ops.cpp):
         grad_x_add: a gradient for x from elsewhere, summed into grad_x in the same pass
     gc_add(x, t, residual?, relu) -> out [N, C, H, W]
     gc_add_relu_backward(grad_out, out) -> (grad_in, grad_t [N, C])
-lse and grad_t use the accumulation dtype: fp32, or fp64 for fp64 inputs. Outputs shaped like x
+context, lse and grad_t use the accumulation dtype: fp32, or fp64 for fp64 inputs (the context
+unrounded: the transform and the backward use it). Outputs shaped like x
 are contiguous, or channels_last when x is channels_last (and not also contiguous).
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ def empty_4d(x: Tensor) -> Tensor:
 @torch.library.register_fake("gcrepro::gc_context")
 def _gc_context_fake(x: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
     n, c = x.shape[0], x.shape[1]
-    return x.new_empty((n, c)), x.new_empty((n,), dtype=acc_dtype(x.dtype))
+    acc = acc_dtype(x.dtype)
+    return x.new_empty((n, c), dtype=acc), x.new_empty((n,), dtype=acc)
 
 
 @torch.library.register_fake("gcrepro::gc_context_backward")
