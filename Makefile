@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test bench lab clean
+.PHONY: setup demo test test-browser bench lab clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.* csrc/*/*.*)
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# only the real-browser test of JupyterLab (in make test too): Debian's chromium driven by Playwright
+test-browser: setup
+	$(PY) -m pytest -q -m browser tests/test_lab_browser.py
 
 bench: setup
 	$(PY) benchmarks/gc_op.py
