@@ -1,6 +1,6 @@
 """``gcrepro data ...`` subcommands.
 
-    gcrepro data toy --out DIR [--seed N] [--num-train N] [--num-val N] [--image-size N]
+    gcrepro data toy --out DIR [--kind shapes|context] [--seed N] [--num-train N] [--num-val N] [--image-size N]
     gcrepro data check DATA [--split train|val|both]
 
 ``data check`` exits 0 with a summary, or 2 with one line naming the first bad file or entry.
@@ -16,15 +16,18 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="datasets: make the synthetic toy set, check a dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    from gcrepro.data.toy import DEFAULT_IMAGE_SIZE, DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL
+    from gcrepro.data.toy import DEFAULT_IMAGE_SIZE, DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, TOY_KINDS
 
     toy = data_sub.add_parser(
         "toy",
-        help="write the synthetic COCO-format shapes dataset",
-        description="Write a synthetic COCO 2017-layout instance-segmentation dataset of shapes "
-        "(deterministic for a seed).",
+        help="write a synthetic COCO-format dataset (shapes, or context: classes only the whole image decides)",
+        description="Write a synthetic COCO 2017-layout instance-segmentation dataset (deterministic for a seed): "
+        "--kind shapes (default): shapes whose look gives their class; --kind context: identical discs whose "
+        "class a coloured marker far from every disc decides (gcrepro.data.toy_context).",
     )
     toy.add_argument("--out", type=Path, default=None, help="output folder (default: gcrepro.paths.default_toy_dir())")
+    toy.add_argument("--kind", choices=TOY_KINDS, default="shapes",
+                     help="shapes (default) or context (see gcrepro.data.toy_context)")
     toy.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     toy.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help=f"training images (default {DEFAULT_NUM_TRAIN})")
     toy.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help=f"validation images (default {DEFAULT_NUM_VAL})")
@@ -50,13 +53,14 @@ def _toy(args: argparse.Namespace) -> int:
     out = (args.out if args.out is not None else default_toy_dir()).expanduser().resolve()
     start = time.perf_counter()
     try:
-        make_toy_dataset(out, seed=args.seed, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size)
+        make_toy_dataset(out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                         image_size=args.image_size, kind=args.kind)
     except ValueError as e:
         print(f"gcrepro data toy: {e}")
         return 2
     seconds = time.perf_counter() - start
     counts = read_manifest(out)["counts"]
-    print(f"wrote toy dataset (seed {args.seed}) to {out} in {seconds:.1f} s")
+    print(f"wrote toy {args.kind} dataset (seed {args.seed}) to {out} in {seconds:.1f} s")
     for split in ("train", "val"):
         c = counts[split]
         print(f"  annotations/instances_{split}2017.json: {c['images']} images, {c['annotations']} annotations; images in {split}2017/")

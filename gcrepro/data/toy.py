@@ -22,11 +22,18 @@ Content (generator version ``TOY_VERSION``):
   Polygons are rasterised with pycocotools itself when drawing, so the drawn pixels, the decoded
   annotation mask, ``area`` (= mask pixel count) and ``bbox`` (= mask extent) agree exactly.
 
+Kinds (``kind=``; ``gcrepro data toy --kind``): ``shapes`` (the default, described above) and ``context``
+(:mod:`gcrepro.data.toy_context`: identical discs whose class only a far-away coloured marker decides,
+so only global context can tell the classes apart; each image entry carries its marker as
+``gcrepro_cue``). The manifest's ``generator`` names the module that drew the set; both are ``toy``
+data (synthetic, never compared with COCO).
+
 Deterministic: every image is drawn from its own ``numpy`` generator seeded with
 ``(seed, split, index)``; files hold no timestamps, so a seed gives byte-identical JSON and PNGs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +47,7 @@ from PIL import Image
 
 from gcrepro.atomic import write_json_atomic
 from gcrepro.data.errors import DataError
+from gcrepro.data import toy_context
 from gcrepro.data.file_lock import exclusive_lock
 from gcrepro.data.toy_shapes import CATEGORIES, annotation, render_image
 
@@ -50,6 +58,8 @@ MANIFEST_NAME = "gcrepro_toy.json"
 DEFAULT_NUM_TRAIN = 512
 DEFAULT_NUM_VAL = 64
 DEFAULT_IMAGE_SIZE = 160  # short side in pixels
+TOY_KINDS = ("shapes", "context")
+_GENERATORS = {"shapes": "gcrepro.data.toy", "context": "gcrepro.data.toy_context"}  # the manifest's "generator"
 
 
 # (height, width) as multiples of the short side: square, landscape 4:3 and 3:2, portrait 3:4 and 2:3.
@@ -62,7 +72,17 @@ def _image_sizes(image_size: int) -> list[tuple[int, int]]:
     return [(round(image_size * ah), round(image_size * aw)) for ah, aw in _ASPECTS]
 
 
-def _write_split(out: Path, split: str, *, seed: int, count: int, image_size: int) -> dict:
+def _draw(kind: str, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, list, dict]:
+    """One image of ``kind``: pixels, one annotation maker (ann_id, image_id) -> dict per object, extra image fields."""
+    if kind == "context":
+        drawn = toy_context.render_context_image(rng, height, width)
+        makers = [functools.partial(toy_context.disc_annotation, d, drawn.category_id) for d in drawn.discs]
+        return drawn.pixels, makers, {"gcrepro_cue": toy_context.cue_field(drawn)}
+    pixels, placed = render_image(rng, height, width)
+    return pixels, [functools.partial(annotation, shape, visible) for shape, visible in placed], {}
+
+
+def _write_split(out: Path, split: str, *, kind: str, seed: int, count: int, image_size: int) -> dict:
     image_dir = out / f"{split}2017"
     image_dir.mkdir(parents=True, exist_ok=True)
     sizes = _image_sizes(image_size)
@@ -70,19 +90,21 @@ def _write_split(out: Path, split: str, *, seed: int, count: int, image_size: in
     for index in range(count):
         rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
         height, width = sizes[int(rng.integers(len(sizes)))]
-        pixels, placed = render_image(rng, height, width)
+        pixels, makers, extra = _draw(kind, rng, height, width)
         image_id = index + 1 + (_VAL_ID_OFFSET if split == "val" else 0)
         file_name = f"{image_id:012d}.png"
         Image.fromarray(pixels).save(image_dir / file_name, format="PNG", compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for shape, visible in placed:
-            annotations.append(annotation(shape, visible, len(annotations) + 1, image_id))
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width, **extra})
+        for make in makers:
+            annotations.append(make(len(annotations) + 1, image_id))
+    categories = toy_context.CATEGORIES if kind == "context" else CATEGORIES
     return {
-        "info": {"description": f"gcrepro toy shapes v{TOY_VERSION}, seed {seed}, split {split}", "version": str(TOY_VERSION)},
+        "info": {"description": f"gcrepro toy {kind} v{TOY_VERSION}, seed {seed}, split {split}", "version": str(TOY_VERSION)},
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES.items()],
+        "categories": [{"id": i, "name": n, "supercategory": "disc" if kind == "context" else "shape"}
+                       for i, n in categories.items()],
     }
 
 
@@ -99,14 +121,17 @@ def make_toy_dataset(
     num_train: int = DEFAULT_NUM_TRAIN,
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    kind: str = "shapes",
 ) -> Path:
-    """Write the toy dataset into ``out`` (COCO 2017 layout) and return ``out``.
+    """Write the toy dataset of ``kind`` (``TOY_KINDS``) into ``out`` (COCO 2017 layout) and return ``out``.
 
     Any previous manifest is removed first and the new one is written last, so an interrupted
     run never looks complete.
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
+    if kind not in TOY_KINDS:
+        raise ValueError(f"toy kind {kind!r}: expected one of {'|'.join(TOY_KINDS)}")
     if image_size < 64:
         raise ValueError(f"image_size (short side) must be >= 64 pixels, got {image_size}")
     out = Path(out)
@@ -118,35 +143,36 @@ def make_toy_dataset(
         shutil.rmtree(out / folder, ignore_errors=True)
     counts = {}
     for split, count in (("train", num_train), ("val", num_val)):
-        coco = _write_split(out, split, seed=seed, count=count, image_size=image_size)
+        coco = _write_split(out, split, kind=kind, seed=seed, count=count, image_size=image_size)
         write_json_atomic(out / "annotations" / f"instances_{split}2017.json", coco, indent=None)
         counts[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
     manifest = {
-        "generator": "gcrepro.data.toy",
+        "generator": _GENERATORS[kind],
         "version": TOY_VERSION,
         "seed": seed,
         "num_train": num_train,
         "num_val": num_val,
         "image_size": image_size,
         "counts": counts,
+        **({"cue_margin": toy_context.MARGIN, "cue_size": toy_context.CUE_SIZE} if kind == "context" else {}),
     }
     write_json_atomic(out / MANIFEST_NAME, manifest, indent=None)
     return out
 
 
 def read_manifest(root: Path | str) -> dict | None:
-    """The toy manifest of ``root``, or None when ``root`` holds no (complete) toy dataset."""
+    """The toy manifest of ``root`` (any kind), or None when ``root`` holds no (complete) toy dataset."""
     path = Path(root) / MANIFEST_NAME
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("generator") == "gcrepro.data.toy" else None
+    return manifest if isinstance(manifest, dict) and manifest.get("generator") in _GENERATORS.values() else None
 
 
 def _is_complete(root: Path, *, seed: int, num_train: int, num_val: int, image_size: int) -> bool:
     manifest = read_manifest(root)
-    wanted = {"version": TOY_VERSION, "seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
+    wanted = {"generator": _GENERATORS["shapes"], "version": TOY_VERSION, "seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
     if manifest is None or any(manifest.get(k) != v for k, v in wanted.items()):
         return False
     for split, count in (("train", num_train), ("val", num_val)):
