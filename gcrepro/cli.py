@@ -7,7 +7,8 @@ function; this file lists them and says how a command ends on an error (:func:`r
   writable, full or in use, ``--resume`` with nothing to resume): one line on stderr, exit code 2;
 - a run that failed (a NaN loss, a failed worker): one line, exit code 1;
 - anything else: one line pointing to the traceback, appended to the run's log.txt, exit code 1;
-  ``--debug`` raises every error with its traceback instead.
+  ``--debug`` raises every error with its traceback instead;
+- Ctrl-C: one line, exit code 130 (a training's state says "interrupted", its last checkpoint is intact).
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", default=None, metavar="MODE",
+                        help="auto (default: a bar on a terminal, lines in a log file or pipe) | bar | lines "
+                        "(one line every N iterations) | none; also $GCREPRO_PROGRESS")
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="raise errors with their traceback here (default: one line; the traceback of an "
@@ -52,12 +59,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from gcrepro.engine.checkpoint import CheckpointError
     from gcrepro.engine.config import ConfigError
     from gcrepro.entries import EntryNotFound
+    from gcrepro.progress import ProgressModeError
     from gcrepro.run_dir import RunDirError
     from gcrepro.run_lock import RunDirInUse
     from gcrepro.run_metrics import MetricsError
 
-    return (ConfigError, ConvertError, DataError, EntryNotFound, MetricsError, CheckpointError, RunDirError,
-            RunDirInUse, FileExistsError, FileNotFoundError)
+    return (ConfigError, ConvertError, DataError, EntryNotFound, MetricsError, CheckpointError, ProgressModeError,
+            RunDirError, RunDirInUse, FileExistsError, FileNotFoundError)
 
 
 def first_line(err: BaseException) -> str:
@@ -79,6 +87,9 @@ def run_command(prog: str, body: Callable[[], int], *, debug: bool, folder: Path
 
     try:
         return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
     except Exception as err:
         if debug:
             raise

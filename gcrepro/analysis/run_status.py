@@ -2,10 +2,10 @@
 
 status.json::
 
-    {"entry": NAME, "state": "running" | "done" | "failed",
+    {"entry": NAME, "state": "running" | "done" | "failed" | "interrupted" (Ctrl-C; a re-run resumes it),
      "started": ISO time, "finished": ISO time | null,
      "timings": {"train": s, "evaluate": s, "attention": s},
-     "error": null | "RuntimeError: ...", "failed_notebook": null | PATH,
+     "error": null | "RuntimeError: ..." | "interrupted (Ctrl-C) in train", "failed_notebook": null | PATH,
      "traceback": null | [lines]}
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gcrepro.atomic import write_json_atomic, write_text_atomic
 
 STATUS_FILE = "status.json"
 PARAMS_FILE = "params.yaml"
-STATES = ("running", "done", "failed")
+STATES = ("running", "done", "failed", "interrupted")
 
 
 def now_iso() -> str:

@@ -297,7 +297,7 @@ def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
     from gcrepro.data import CocoInstances, build_loader, check_images
     from gcrepro.engine.epoch_data import EpochBatches
     from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer, milestone_iters, scale_lr
-    from gcrepro.engine.trainer import Checkpointer, MetricsLogger, ProgressBar, Trainer
+    from gcrepro.engine.trainer import Checkpointer, MetricsLogger, ProgressHook, Trainer
     from gcrepro.entries import get_entry
     from gcrepro.modeling.build import build_detector
 
@@ -360,7 +360,7 @@ def _train_here(spec: RunSpec, *, work_dir: Path, gpus: int,
                 max_iter=max_iter, scaler=scaler,
                 hooks=[
                     MetricsLogger(work_dir / "metrics.jsonl", interval=cfg.log_interval),
-                    ProgressBar(desc=entry.name),
+                    ProgressHook(entry=entry.name, work_dir=work_dir, every=cfg.log_interval),
                     Checkpointer(work_dir, interval=cfg.checkpoint_interval, keep=cfg.keep_checkpoints),
                 ],
             )
@@ -499,7 +499,8 @@ def _evaluate_here(
         logger.info("evaluate %s from %s on %s (%d images), %d process(es) on %s; numbers labelled %s",
                     on.entry, checkpoint, on.data.root, len(dataset), world, device, on.label)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        timing = run_inference(model, loader, evaluator, device=device, amp_dtype=amp)
+        timing = run_inference(model, loader, evaluator, device=device, amp_dtype=amp, entry=on.entry,
+                               work_dir=work_dir, every=cfg.log_interval)
         metrics = evaluator.evaluate()
         if rank != 0:
             return

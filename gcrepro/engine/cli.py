@@ -2,8 +2,13 @@
 
     gcrepro train ENTRY [--data DIR] [--work-dir DIR] [--profile toy|paper] [--set key=value ...]
                   [--gpus N | --nprocs N] [--resume] [--amp bf16|fp16] [--channels-last]
-                  [--deterministic] [--seed N] [--debug]
-    gcrepro eval ENTRY [--checkpoint FILE] [--data DIR] [--work-dir DIR] [--gpus N | --nprocs N] [--debug]
+                  [--deterministic] [--seed N] [--progress auto|bar|lines|none] [--debug]
+    gcrepro eval ENTRY [--checkpoint FILE] [--data DIR] [--work-dir DIR] [--gpus N | --nprocs N]
+                 [--progress auto|bar|lines|none] [--debug]
+
+Progress (:mod:`gcrepro.progress`): a bar on a terminal, a line every log_interval iterations otherwise, and
+WORK_DIR/progress.json; Ctrl-C ends with one line and exit code 130, the run's progress.json saying
+"interrupted" and its last checkpoint intact (``--resume`` continues from it).
 
 Bad input (unknown entry, bad ``--set``, missing data, a bad checkpoint, a work dir that is a file,
 not writable, full or in use, ``--gpus N`` without N CUDA devices, ``--resume`` with nothing to
@@ -16,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gcrepro.cli import add_debug_flag
+from gcrepro.cli import add_debug_flag, add_progress_option
 
 _SET_HELP = (
     "override a recipe/run field or a model field, e.g. --set max_iters=100 --set base_lr=0.01 "
@@ -32,6 +37,7 @@ def _add_common(p: argparse.ArgumentParser, *, data_help: str, profile_help: str
     p.add_argument("--gpus", type=int, default=0,
                    help="GPUs: 0 = CPU (default), 1 = this process, N > 1 = N worker processes (NCCL)")
     p.add_argument("--nprocs", type=int, default=1, help="CPU worker processes (gloo) when --gpus 0 (default 1)")
+    add_progress_option(p)
     add_debug_flag(p)
 
 
@@ -100,17 +106,19 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from gcrepro.engine.api import train
+    from gcrepro.progress import option, progress_env
 
     options = {"amp": args.amp, "seed": args.seed}
     if args.channels_last:
         options["channels_last"] = True
     if args.deterministic:
         options["deterministic"] = True
-    final = train(
-        _entry_arg(args.entry), data=args.data, work_dir=_work_dir(args), profile=args.profile, gpus=args.gpus,
-        nprocs=args.nprocs, overrides=args.overrides, resume=args.resume,
-        **{k: v for k, v in options.items() if v is not None},
-    )
+    with progress_env(option(args.progress)):  # the engine (and launched ranks) read it
+        final = train(
+            _entry_arg(args.entry), data=args.data, work_dir=_work_dir(args), profile=args.profile, gpus=args.gpus,
+            nprocs=args.nprocs, overrides=args.overrides, resume=args.resume,
+            **{k: v for k, v in options.items() if v is not None},
+        )
     print(f"final checkpoint: {final}")
     return 0
 
@@ -125,15 +133,18 @@ def _eval(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     from gcrepro.engine.api import evaluate
     from gcrepro.engine.checkpoint import latest_checkpoint
+    from gcrepro.progress import option, progress_env
 
+    mode = option(args.progress)
     work_dir = _work_dir(args)
     checkpoint = args.checkpoint or latest_checkpoint(work_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {work_dir}/checkpoints; pass --checkpoint FILE")
-    metrics = evaluate(
-        _entry_arg(args.entry), checkpoint=checkpoint, data=args.data, work_dir=work_dir, profile=args.profile,
-        gpus=args.gpus, nprocs=args.nprocs,
-    )
+    with progress_env(mode):
+        metrics = evaluate(
+            _entry_arg(args.entry), checkpoint=checkpoint, data=args.data, work_dir=work_dir, profile=args.profile,
+            gpus=args.gpus, nprocs=args.nprocs,
+        )
     if metrics is not None:
         print(f"box AP {metrics.box_ap}  mask AP {metrics.mask_ap}  inf fps {metrics.inf_fps}  [{metrics.label_text}]"
               f"  -> {metrics.path}")

@@ -8,9 +8,11 @@ encoding), after ``warmup`` images. On CUDA the clock is read after a synchroniz
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,34 +46,46 @@ def run_inference(
     amp_dtype: torch.dtype | None = None,
     warmup: int = WARMUP_IMAGES,
     progress: bool = True,
+    entry: str = "eval",
+    work_dir: Path | None = None,
+    every: int = 20,
 ) -> InferenceTiming:
-    """Feed every batch of ``loader`` through ``model`` into ``evaluator``; returns this rank's timing."""
+    """Feed every batch of ``loader`` through ``model`` into ``evaluator``; returns this rank's timing.
+
+    ``progress``: rank 0 reports stage "evaluate" (:class:`gcrepro.progress.Progress`: a bar, a line every
+    ``every`` images, and ``work_dir/progress.json``), counting this rank's images."""
     model.eval()
     evaluator.reset()
-    bar = None
+    shown = None
     if progress and dist.is_main_process():
-        from tqdm.auto import tqdm
+        from gcrepro.progress import Progress
 
-        bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, desc="eval", dynamic_ncols=True)
+        total = len(loader) * (getattr(loader, "batch_size", None) or 1) if hasattr(loader, "__len__") else 0
+        shown = Progress(stage="evaluate", total=total, entry=entry, run_dir=work_dir, every=every, unit="img")
     images_done = images_timed = 0
     seconds = 0.0
     tick = time.perf_counter()
-    for images, targets in loader:
-        images = [img.to(device, non_blocking=device.type == "cuda") for img in images]  # [3, H, W] each
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(images)
-        outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
-        evaluator.process(targets, outputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        tock = time.perf_counter()
-        if images_done >= warmup:
-            seconds += tock - tick
-            images_timed += len(images)
-        images_done += len(images)
-        if bar is not None:
-            bar.update(1)
-        tick = time.perf_counter()
-    if bar is not None:
-        bar.close()
+    try:
+        for images, targets in loader:
+            images = [img.to(device, non_blocking=device.type == "cuda") for img in images]  # [3, H, W] each
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = model(images)
+            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
+            evaluator.process(targets, outputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tock = time.perf_counter()
+            if images_done >= warmup:
+                seconds += tock - tick
+                images_timed += len(images)
+            images_done += len(images)
+            if shown is not None:
+                shown.update(images_done)
+            tick = time.perf_counter()
+    except BaseException:
+        if shown is not None:
+            shown.close("interrupted" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "failed")
+        raise
+    if shown is not None:
+        shown.close("done")
     return InferenceTiming(images=images_done, images_timed=images_timed, seconds_timed=seconds)

@@ -11,13 +11,14 @@ One iteration (SPEC §4)::
 
 Hooks (:class:`Hook`) see the trainer before training, after each step (with a
 :class:`StepRecord`), after each epoch and after training: :class:`MetricsLogger`
-(``metrics.jsonl``), :class:`ProgressBar` (tqdm, rank 0) and :class:`Checkpointer`.
+(``metrics.jsonl``), :class:`ProgressHook` (bar / lines / progress.json, rank 0) and :class:`Checkpointer`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,32 +279,40 @@ class MetricsLogger(Hook):
         self.flush()
 
 
-class ProgressBar(Hook):
-    """A tqdm bar over all iterations on rank 0 (loss and lr in the postfix)."""
+class ProgressHook(Hook):
+    """Progress of the training on rank 0 (:class:`gcrepro.progress.Progress`, stage "train"): a bar, a line
+    every ``every`` steps or nothing (``$GCREPRO_PROGRESS``), and ``WORK_DIR/progress.json``. A run stopped by
+    Ctrl-C says "interrupted" there and in one log line naming its last checkpoint."""
 
-    def __init__(self, *, desc: str) -> None:
-        self.desc = desc
-        self.bar = None
+    def __init__(self, *, entry: str, work_dir: Path | None, every: int, mode: str | None = None) -> None:
+        self.entry, self.work_dir, self.every, self.mode = entry, work_dir, every, mode
+        self.progress = None
 
     def before_train(self, trainer: Trainer) -> None:
         if dist.is_main_process():
-            from tqdm.auto import tqdm
+            from gcrepro.progress import Progress
 
-            self.bar = tqdm(total=trainer.max_iter, initial=trainer.iteration, desc=self.desc, dynamic_ncols=True)
+            self.progress = Progress(stage="train", total=trainer.max_iter, initial=trainer.iteration, entry=self.entry,
+                                     run_dir=self.work_dir, mode=self.mode, every=self.every)
 
     def after_step(self, trainer: Trainer, record: StepRecord) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if record.iteration % 5 == 0 or record.iteration == trainer.max_iter:
-                self.bar.set_postfix(loss=f"{record.loss:.3f}", lr=f"{record.lr:.2e}", epoch=record.epoch, refresh=False)
+        if self.progress is not None:
+            self.progress.update(record.iteration, loss=record.loss)
 
     def after_train(self, trainer: Trainer) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.progress is not None:
+            self.progress.close("done")
+            self.progress = None
 
     def on_error(self, trainer: Trainer) -> None:
-        self.after_train(trainer)
+        if self.progress is None:
+            return
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        self.progress.close("interrupted" if interrupted else "failed")
+        self.progress = None
+        if interrupted:
+            logger.warning("interrupted at iteration %d of %d; last checkpoint: %s (resume continues from it)",
+                           trainer.iteration, trainer.max_iter, trainer.last_checkpoint or "none written yet")
 
 
 def _first_non_finite(model: nn.Module) -> str | None:
