@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="a notebook parameter (NAME, or NOTEBOOK.NAME) or a training override "
                      "(overrides.KEY, e.g. overrides.max_iters=50); repeatable")
+    run.add_argument("--seeds", default=None, metavar="LIST",
+                     help="run each entry once per seed, in RUNS_DIR/<entry>/seed<k>/ (the run option seed=k): "
+                     "0,1,2 or 0-2 or 0-2,5; the report shows mean ± std, n and the GC gain's 95%% interval "
+                     "(default: one run per entry in RUNS_DIR/<entry>/, seed overrides.seed, else 0)")
     run.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
                      help="evaluate released checkpoints instead of training: every selected entry whose checkpoint "
                      "is in DIR (mmdetection's released file names, or inferred from the weights); --data defaults "
@@ -76,12 +80,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_command(
         "gcrepro table run", lambda: table_runner.table_run(
             entries, runs_dir=runs_dir, data=args.data, profile=args.profile, gpus=args.gpus, sets=sets,
-            force=args.force, jobs=args.jobs, prog="gcrepro table run", checkpoints=args.checkpoints),
+            force=args.force, jobs=args.jobs, prog="gcrepro table run", checkpoints=args.checkpoints,
+            seeds=args.seeds),
         debug=args.debug, folder=runs_dir)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from gcrepro.analysis.report import write_report
+    from gcrepro.analysis.report import ap_text, gain_text, write_report
     from gcrepro.analysis.runs_dir import report_folder
 
     try:
@@ -91,9 +96,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         frame, csv_path, html_path = write_report(runs_dir)
     except (FileNotFoundError, ValueError) as exc:
         return _fail("gcrepro table report", str(exc))
-    shown = frame[["row", "entry", "data", "state", "paper_box_ap", "box_ap", "paper_mask_ap", "mask_ap"]].rename(
-        columns={"paper_box_ap": "paper box AP", "box_ap": "ours box AP", "paper_mask_ap": "paper mask AP",
-                 "mask_ap": "ours mask AP"})
+    shown = frame[["row", "entry", "data", "state", "n", "paper_box_ap", "box_ap", "paper_mask_ap", "mask_ap"]].copy()
+    for column in ("box_ap", "mask_ap"):  # ours: mean ± std over the n seed runs
+        shown[column] = [ap_text(r[column], r[f"{column}_std"], "") for _, r in frame.iterrows()]
+    shown["gc_gain_box_ap"] = [gain_text(r, "box", "") for _, r in frame.iterrows()]
+    shown = shown.rename(columns={"paper_box_ap": "paper box AP", "box_ap": "ours box AP", "paper_mask_ap": "paper mask AP",
+                                  "mask_ap": "ours mask AP", "gc_gain_box_ap": "ours GC gain box AP (95% CI)"})
     print(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.1f}"))
     others = sorted(set(frame["data"]) - {"coco", ""})
     if others:

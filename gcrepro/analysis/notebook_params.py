@@ -87,6 +87,11 @@ def _device(value: str) -> None:
                          f"got {value!r}") from None
 
 
+def _seed(value: int) -> None:
+    if value < -1:
+        raise ValueError(f"expected -1 (no seed chosen) or a seed >= 0, got {value!r}")
+
+
 def _runs_dir(value: str) -> None:
     if value and Path(value).expanduser().is_file():
         raise ValueError(f"expected '' ($GCREPRO_RUNS, else runs/) or a folder of runs, got the file {value!r}")
@@ -115,6 +120,7 @@ RULES: dict[str, Rule] = {
     "device": Rule("str", _device),
     "resume": Rule("str", _one_of("no", "yes", "auto")),
     "runs_dir": Rule("str", _runs_dir),
+    "seed": Rule("int", _seed),
     "overrides": Rule("dict", _overrides),
     "spec": Rule("dict", _spec),
 }

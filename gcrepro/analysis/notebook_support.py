@@ -13,9 +13,10 @@ import pandas as pd
 from gcrepro.run_metrics import COCO_KEYS, RunMetrics
 
 
-def run_dir_for(entry: str, work_dir: str, *, runs_dir: str = "", existing: bool = False) -> Path:
-    """The run folder: ``work_dir`` when given; else, for a new run, ``RUNS/<entry name>``; for an ``existing``
-    one, the entry's run found under RUNS, ``RUNS/<entry>`` or a table run's ``RUNS/<table>/<entry>``
+def run_dir_for(entry: str, work_dir: str, *, runs_dir: str = "", existing: bool = False, seed: int = -1) -> Path:
+    """The run folder: ``work_dir`` when given; else, for a new run, ``RUNS/<entry name>`` (``seed`` >= 0:
+    ``RUNS/<entry name>/seed<k>``); for an ``existing`` one, the entry's run (of that seed) found under RUNS,
+    ``RUNS/<entry>`` or a table run's ``RUNS/<table>/<entry>``, or their ``seed<k>`` runs
     (:func:`gcrepro.analysis.runs_dir.find_run`: printed which one when there are several; RunNotFound naming
     where it looked). RUNS: ``runs_dir``, else ``$GCREPRO_RUNS``, else ``runs/``."""
     if work_dir:
@@ -30,8 +31,10 @@ def run_dir_for(entry: str, work_dir: str, *, runs_dir: str = "", existing: bool
             raise runs.RunsDirError(f"runs_dir {root} is a file, expected a folder of runs")
         from gcrepro.paths import default_runs_dir
 
-        return (root or default_runs_dir()) / name
-    found, note = runs.find_run(name, runs_dir or None)
+        from gcrepro.analysis.seeds import folder_name
+
+        return (root or default_runs_dir()) / name / (folder_name(seed) if seed >= 0 else "")
+    found, note = runs.find_run(name, runs_dir or None, seed=seed if seed >= 0 else None)
     if note:
         print(note)
     return found

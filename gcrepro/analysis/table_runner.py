@@ -32,6 +32,7 @@ from typing import Any, Callable, TextIO
 
 from gcrepro.analysis import notebook_params as nbp
 from gcrepro.analysis import run_status
+from gcrepro.analysis.seeds import SeedError, folder_name, parse_seeds, seed_of, seeds_text
 from gcrepro.data.identity import DataSpec
 from gcrepro.run_lock import LOCK_FILE, RunDirInUse, hold_run_dir
 from gcrepro.runspec import RunSpec
@@ -54,6 +55,12 @@ class EntryPlan:
     params: dict[str, dict[str, Any]]  # notebook name -> parameters, in the order they run
     spec: RunSpec | None = None
     checkpoint: Path | None = None
+    seed: int | None = None  # --seeds: this run's seed (run_dir is RUNS/<entry>/seed<k>)
+
+    @property
+    def label(self) -> str:
+        """The entry, and its seed folder when it runs one seed of several (progress lines)."""
+        return self.entry if self.seed is None else f"{self.entry}/{folder_name(self.seed)}"
 
 
 def base_params(entry: str, run_dir: Path, *, gpus: int) -> dict[str, dict[str, Any]]:
@@ -73,7 +80,8 @@ def base_params(entry: str, run_dir: Path, *, gpus: int) -> dict[str, dict[str, 
 RESERVED = {"entry": "--entries/--rows", "data": "--data", "work_dir": "--runs-dir", "runs_dir": "--runs-dir",
             "profile": "--profile", "gpus": "--gpus",
             "resume": "the runner (a failed entry resumes; --force starts afresh)",
-            "spec": "the runner (the run resolved from --data, --profile and --set overrides.KEY)"}
+            "spec": "the runner (the run resolved from --data, --profile and --set overrides.KEY)",
+            "seed": "--seeds (one run per seed in RUNS/<entry>/seed<k>) or --set overrides.seed=K (one run)"}
 
 
 def _check_gpus(gpus: int) -> None:
@@ -97,10 +105,12 @@ def plan_table(
     gpus: int = 0,
     sets: list[tuple[str, str]] = (),
     notebooks: Path | None = None,
+    seeds: list[int] | None = None,
 ) -> list[EntryPlan]:
     """Check every parameter of every entry against the notebooks and resolve each entry's run; raise
     ParameterError (one line) before anything runs. ``data``: a dataset root or DataSpec; None makes or
-    reuses the built-in toy set (only after everything else was checked)."""
+    reuses the built-in toy set (only after everything else was checked). ``seeds``: one run per entry and
+    seed, in RUNS/<entry>/seed<k>, the seed set as the run option ``seed`` (in entry order, then seed order)."""
     from gcrepro.data import DataError, describe_data
     from gcrepro.engine.config import ConfigError
     from gcrepro.profiles import PROFILES
@@ -117,26 +127,32 @@ def plan_table(
     runs_dir = Path(runs_dir).resolve()
     checked = []
     for entry in entries:
-        run_dir = runs_dir / entry
-        params = nbp.apply_sets(base_params(entry, run_dir, gpus=gpus), list(sets), declared, reserved=RESERVED)
-        overrides = params["train"].pop("overrides", None) or {}
-        try:
-            parse_overrides(overrides, source="--set overrides.")
-        except ConfigError as exc:
-            raise nbp.ParameterError(f"train.ipynb overrides: {exc}") from None
-        checked.append((entry, run_dir, params, overrides))
+        for seed in seeds or [None]:
+            run_dir = runs_dir / entry if seed is None else runs_dir / entry / folder_name(seed)
+            params = nbp.apply_sets(base_params(entry, run_dir, gpus=gpus), list(sets), declared, reserved=RESERVED)
+            overrides = params["train"].pop("overrides", None) or {}
+            try:
+                parse_overrides(overrides, source="--set overrides.")
+            except ConfigError as exc:
+                raise nbp.ParameterError(f"train.ipynb overrides: {exc}") from None
+            if seed is not None:
+                if "seed" in overrides:
+                    raise nbp.ParameterError(f"--seeds {seeds_text(seeds)} and --set overrides.seed={overrides['seed']} "
+                                             "both set the seed: choose one")
+                overrides = {**overrides, "seed": seed}
+            checked.append((entry, run_dir, params, overrides, seed))
     try:
         data_spec = data if isinstance(data, DataSpec) else describe_data(data)
     except DataError as exc:
         raise nbp.ParameterError(f"--data: {exc}") from None
     plans = []
-    for entry, run_dir, params, overrides in checked:
+    for entry, run_dir, params, overrides, seed in checked:
         try:
             spec = resolve_run(entry, data=data_spec, profile=profile, overrides=overrides, source="--set overrides.")
         except (ConfigError, LookupError) as exc:
             raise nbp.ParameterError(f"{entry}: {exc}") from None
         params["train"]["spec"] = nbp.check_value(declared["train"]["spec"], spec.to_dict(), where="train.ipynb")
-        plans.append(EntryPlan(entry=spec.entry, run_dir=run_dir, spec=spec, params=params))
+        plans.append(EntryPlan(entry=spec.entry, run_dir=run_dir, spec=spec, params=params, seed=seed))
     return plans
 
 
@@ -337,9 +353,9 @@ def run_entry(
 
 
 def _clear(run_dir: Path) -> None:
-    """Empty a run folder but for its lock file (the runner holds it)."""
+    """Empty a run folder but for its lock file (the runner holds it) and its seed<k> runs (runs of their own)."""
     for path in run_dir.iterdir():
-        if path.name == LOCK_FILE:
+        if path.name == LOCK_FILE or (path.is_dir() and seed_of(path) is not None):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -398,7 +414,7 @@ def run_table(
     def one(i: int, plan: EntryPlan) -> dict:
         line: list[str] = []
         echo = line.append if jobs > 1 else (lambda text: (stream.write(text), stream.flush()))
-        echo(f"[{i}/{len(plans)}] {plan.entry}:")
+        echo(f"[{i}/{len(plans)}] {plan.label}:")
         try:
             with hold_run_dir(plan.run_dir, option="--runs-dir"):
                 status = _run_held(plan, force=force, notebooks=notebooks, echo=echo)
@@ -426,7 +442,8 @@ def _run_held(plan: EntryPlan, *, force: bool, notebooks: Path | None, echo: Cal
         return run_status.read_status(plan.run_dir)
     # A failed or interrupted attempt with the same parameters resumes; anything else starts afresh.
     fresh = force or not (plan.run_dir / run_status.STATUS_FILE).exists() or not _same_params(plan)
-    if fresh and any(p.name != LOCK_FILE for p in plan.run_dir.iterdir()):
+    if fresh and any(p.name != LOCK_FILE and not (p.is_dir() and seed_of(p) is not None)
+                     for p in plan.run_dir.iterdir()):
         echo(" (previous results cleared)")
     elif not fresh:
         echo(" (resuming)")
@@ -497,24 +514,29 @@ def table_run(
     jobs: int = 1,
     prog: str = "gcrepro table run",
     checkpoints: Path | None = None,
+    seeds: str | None = None,
 ) -> int:
     """Validate everything, then run the entries and build the report. 0: all done; 1: something failed
     or was in use by another process; 2: bad input (one line on stderr); 130: interrupted. With
-    ``checkpoints`` (a folder of released checkpoints), evaluate those instead of training."""
+    ``checkpoints`` (a folder of released checkpoints), evaluate those instead of training. ``seeds``
+    (``--seeds 0,1,2`` or ``0-2``): each entry once per seed, in RUNS/<entry>/seed<k>."""
     from gcrepro.paths import default_runs_dir
     from gcrepro.run_dir import RunDirError, ensure_run_dir
 
     runs_dir = Path(runs_dir or default_runs_dir()).expanduser().resolve()
     try:
         check_kernel()
+        seed_list = None if seeds is None else parse_seeds(seeds)
+        if seed_list is not None and checkpoints is not None:
+            raise nbp.ParameterError(f"--seeds {seeds} and --checkpoints: a released checkpoint has no seeds to run")
         if checkpoints is not None:
             plans, notes = plan_checkpoints(entries, checkpoints=checkpoints, runs_dir=runs_dir, data=data, gpus=gpus,
                                             sets=list(sets))
         else:
             plans, notes = plan_table(entries, runs_dir=runs_dir, data=data, profile=profile, gpus=gpus,
-                                      sets=list(sets)), []
+                                      sets=list(sets), seeds=seed_list), []
         ensure_run_dir(runs_dir, option="--runs-dir")
-    except (nbp.ParameterError, RuntimeError, FileNotFoundError, RunDirError) as exc:
+    except (nbp.ParameterError, SeedError, RuntimeError, FileNotFoundError, RunDirError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     for note in notes:
@@ -531,8 +553,8 @@ def table_run(
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
         return 130
-    failed = [p.entry for p, s in zip(plans, statuses) if s is None or s["state"] not in ("done", IN_USE)]
-    in_use = [p.entry for p, s in zip(plans, statuses) if s is not None and s["state"] == IN_USE]
+    failed = [p.label for p, s in zip(plans, statuses) if s is None or s["state"] not in ("done", IN_USE)]
+    in_use = [p.label for p, s in zip(plans, statuses) if s is not None and s["state"] == IN_USE]
     report_ok = True
     try:
         notebook = run_report_notebook(runs_dir)
