@@ -111,9 +111,15 @@ def run_cue_attention(entry: str, *, run_dir: Path, checkpoint: Path, data: str 
     dataset = CocoInstances(spec.data.root, split="val", train=False)
     count = len(dataset) if num_images == 0 else min(num_images, len(dataset))
     maps = []
-    for i in range(count):
-        image, target = dataset[i]
-        maps.append(capture_maps(model, image, image_id=int(target["image_id"])))
+    threads = torch.get_num_threads()
+    if spec.train.cpu_threads > 0 and next(model.parameters()).device.type == "cpu":
+        torch.set_num_threads(spec.train.cpu_threads)  # the run's own (toy: 1): beside other runs, 2 threads wait
+    try:
+        for i in range(count):
+            image, target = dataset[i]
+            maps.append(capture_maps(model, image, image_id=int(target["image_id"])))
+    finally:
+        torch.set_num_threads(threads)
     summary = {**asked, "data": spec.data.root, **summarise(maps, cues)}
     write_json_atomic(out, summary)
     return summary
