@@ -191,3 +191,22 @@ def test_report_skips_seed_runs_it_cannot_trust(tmp_path: Path, caplog: pytest.L
     assert "holds a run of its own beside its seed runs (seed0, seed1)" in caplog.text
     assert frame.loc[2, "n"] == 1 and frame.loc[2, "data"] == "custom" and "left out of" in caplog.text
     assert math.isnan(frame.loc[2, "gc_gain_box_ap"])  # a custom GC run against a toy baseline: no gain
+
+
+def test_the_chart_draws_std_and_interval_error_bars_only_where_they_exist(tmp_path: Path) -> None:
+    from matplotlib.container import ErrorbarContainer
+
+    from gcrepro.analysis.report_chart import ap_chart
+
+    _table(tmp_path)
+    _seed_run(tmp_path, gcrepro.get_entry(7).name, None, 36.0, data="coco")  # n = 1: a bar without error bar
+    frame = report.report_frame(report.load_runs(tmp_path), gcrepro.list_entries())
+    ap_axes, gain_axes = ap_chart(frame).axes
+    bars = [c for c in ap_axes.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 3  # rows 1-3 (n > 1); not row 7 nor any paper bar
+    low, high = (float(cap.get_ydata()[0]) for cap in bars[0].lines[1])  # row 1's caps: mean -+ std
+    base = mean_std(list(BASE.values()))
+    assert (low, high) == pytest.approx((base.mean - base.std, base.mean + base.std))
+    assert "mean ± std over n seeds" in ap_axes.get_title()
+    gains = [c for c in gain_axes.containers if isinstance(c, ErrorbarContainer)]
+    assert len(gains) == 2 and "95% CI" in gain_axes.get_title()  # rows 2 and 3: their intervals
