@@ -86,7 +86,7 @@ def resolve_mode(mode: str | None, *, stream: Any = None) -> str:
 def format_eta(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     if seconds >= 60:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gcrepro.cli import add_debug_flag
+from gcrepro.cli import add_debug_flag, add_progress_option
 
 
 def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
                      help="evaluate released checkpoints instead of training: every selected entry whose checkpoint "
                      "is in DIR (mmdetection's released file names, or inferred from the weights); --data defaults "
                      "to data/coco")
+    add_progress_option(run)
     add_debug_flag(run)
     run.set_defaults(func=_cmd_run)
 
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction, table_sub: argparse._SubParsersAct
     demo.add_argument("--jobs", type=int, default=3, help="entries trained at once (default 3: one thread each)")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                       help="as for `gcrepro table run`, e.g. overrides.max_iters=50 for a quicker look; repeatable")
+    add_progress_option(demo)
     add_debug_flag(demo)
     demo.set_defaults(func=_cmd_demo)
 
@@ -70,18 +72,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from gcrepro.analysis.notebook_params import ParameterError, parse_set_args
     from gcrepro.cli import run_command
     from gcrepro.paths import default_runs_dir
+    from gcrepro.progress import ProgressModeError, option
 
     try:
         entries = table_runner.select_entries(args.entries, args.rows)
         sets = parse_set_args(args.sets)
-    except ParameterError as exc:
+        progress = option(args.progress)
+    except (ParameterError, ProgressModeError) as exc:
         return _fail("gcrepro table run", str(exc))
     runs_dir = (args.runs_dir or default_runs_dir()).expanduser().resolve()
     return run_command(
         "gcrepro table run", lambda: table_runner.table_run(
             entries, runs_dir=runs_dir, data=args.data, profile=args.profile, gpus=args.gpus, sets=sets,
             force=args.force, jobs=args.jobs, prog="gcrepro table run", checkpoints=args.checkpoints,
-            seeds=args.seeds),
+            seeds=args.seeds, progress=progress),
         debug=args.debug, folder=runs_dir)
 
 
@@ -118,11 +122,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from gcrepro.analysis.demo import default_demo_dir, run_demo
     from gcrepro.analysis.notebook_params import ParameterError, parse_set_args
     from gcrepro.cli import run_command
+    from gcrepro.progress import ProgressModeError, option
 
     try:
         sets = parse_set_args(args.sets)
-    except ParameterError as exc:
+        progress = option(args.progress)
+    except (ParameterError, ProgressModeError) as exc:
         return _fail("gcrepro demo", str(exc))
     runs_dir = Path(args.runs_dir or default_demo_dir()).expanduser().resolve()
-    return run_command("gcrepro demo", lambda: run_demo(runs_dir=runs_dir, force=args.force, sets=sets, jobs=args.jobs),
+    return run_command("gcrepro demo", lambda: run_demo(runs_dir=runs_dir, force=args.force, sets=sets, jobs=args.jobs,
+                                                        progress=progress),
                        debug=args.debug, folder=runs_dir)

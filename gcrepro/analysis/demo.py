@@ -22,8 +22,10 @@ def default_demo_dir() -> Path:
 
 
 def run_demo(*, runs_dir: Path | None = None, force: bool = False, sets: list[tuple[str, str]] = (),
-             jobs: int = 3) -> int:
-    """Run the demo table; print where the report and the figures are. Returns the exit code."""
+             jobs: int = 3, progress: str | None = None) -> int:
+    """Run the demo table; print where the report and the figures are. Returns the exit code (130 after Ctrl-C:
+    the running entries are stopped and marked interrupted; running it again resumes them). ``progress``: a mode of
+    :mod:`gcrepro.progress` (None: ``$GCREPRO_PROGRESS``, else auto)."""
     from gcrepro import entries as table
     from gcrepro.analysis.table_runner import table_run
 
@@ -33,8 +35,8 @@ def run_demo(*, runs_dir: Path | None = None, force: bool = False, sets: list[tu
     start = time.perf_counter()
     # The three rows train at once: the toy profile computes on one thread (benchmarks/RESULTS.md).
     code = table_run(names, runs_dir=runs_dir, profile="toy", force=force, sets=list(sets), jobs=jobs,
-                     prog="gcrepro demo")
-    if code == 2:
+                     prog="gcrepro demo", progress=progress)
+    if code in (2, 130):
         return code
     figures = sorted(p for name in names for p in (runs_dir / name / "attention").glob("*.png"))
     print(f"\ngcrepro demo finished in {time.perf_counter() - start:.0f} s" + ("" if code == 0 else " WITH FAILURES"))

@@ -24,7 +24,6 @@ import dataclasses
 import re
 import shutil
 import sys
-import concurrent.futures
 import threading
 import time
 from pathlib import Path
@@ -303,12 +302,16 @@ def run_entry(
     fresh: bool,
     notebooks: Path | None = None,
     echo: Callable[[str], None] = lambda s: None,
+    stop: threading.Event | None = None,
+    on_notebook: Callable[[str], None] = lambda name: None,
 ) -> dict:
     """Execute the plan's notebooks for one entry (train -> evaluate -> attention, or evaluate -> attention for a
     released checkpoint); return its final status (never raises for a notebook failure).
 
     ``fresh`` empties the run folder first (checkpoints included); otherwise training resumes
     from the folder's latest checkpoint, if any. The caller holds the folder (``hold_run_dir``; run_table does).
+    ``stop`` set (Ctrl-C): no further notebook starts and the status says "interrupted"; ``on_notebook(name)``
+    before each notebook starts.
     """
     import papermill
 
@@ -321,6 +324,9 @@ def run_entry(
     run_status.write_status(plan.run_dir, status)
     for nb in plan.params:
         output = plan.run_dir / f"{nb}.ipynb"
+        if stop is not None and stop.is_set():
+            return _interrupted(plan.run_dir, status, nb, output)
+        on_notebook(nb)
         echo(f" {nb}")
         t0 = time.perf_counter()
         try:
@@ -330,13 +336,14 @@ def run_entry(
                 extra_arguments=KERNEL_ARGS,
             )
         except KeyboardInterrupt:
-            status.update(state="failed", error="interrupted", failed_notebook=str(output), finished=run_status.now_iso())
-            run_status.write_status(plan.run_dir, status)
+            _interrupted(plan.run_dir, status, nb, output)
             raise
         except Exception as exc:  # noqa: BLE001 - isolate any failure to this entry
             if output.is_file():
                 sign_notebook(output)
             status["timings"][nb] = round(time.perf_counter() - t0, 1)
+            if stop is not None and stop.is_set():  # the kernel was stopped by Ctrl-C
+                return _interrupted(plan.run_dir, status, nb, output)
             error, tb = _error_of(exc)
             status.update(state="failed", error=error, failed_notebook=str(output), traceback=tb or None,
                           finished=run_status.now_iso())
@@ -349,6 +356,14 @@ def run_entry(
         run_status.write_status(plan.run_dir, status)
     status.update(state="done", finished=run_status.now_iso())
     run_status.write_status(plan.run_dir, status)
+    return status
+
+
+def _interrupted(run_dir: Path, status: dict, notebook: str, output: Path) -> dict:
+    """Write (and return) ``status`` as interrupted (Ctrl-C) in ``notebook``; a re-run resumes the entry."""
+    status.update(state="interrupted", error=f"interrupted (Ctrl-C) in {notebook}", failed_notebook=str(output),
+                  finished=run_status.now_iso())
+    run_status.write_status(run_dir, status)
     return status
 
 
@@ -401,40 +416,122 @@ def run_table(
     notebooks: Path | None = None,
     stream: TextIO | None = None,
     jobs: int = 1,
+    progress: str | None = None,
 ) -> list[dict]:
-    """Run planned entries; one progress line per entry. Returns each entry's status (in plan order); an
+    """Run planned entries; one summary line per entry. Returns each entry's status (in plan order); an
     entry whose folder another process holds is not touched: ``{"entry", "state": IN_USE, "error"}``.
 
     ``jobs`` > 1 runs that many entries at once (each in its own kernel process and run folder):
     on a CPU the toy profile trains with one compute thread, so 2-3 entries share 2 cores well.
+    Entries run in worker threads; this thread shows their progress (``progress``: a mode of
+    :mod:`gcrepro.progress`; None: ``$GCREPRO_PROGRESS``, else auto for ``stream``) read from each run folder's
+    progress.json, which the kernels write (they show lines in their notebooks). Ctrl-C (KeyboardInterrupt
+    here) stops every kernel and its children within seconds, marks each started, unfinished entry
+    "interrupted" in its status.json, and raises KeyboardInterrupt.
     """
+    from gcrepro.progress import progress_env, resolve_mode
+    from gcrepro.progress_view import ProgressView
+
     stream = stream or sys.stdout
-    lock = threading.Lock()
+    view = ProgressView(mode=resolve_mode(progress, stream=stream), stream=stream)
+    stop = threading.Event()
+    statuses: list[dict | None] = [None] * len(plans)
+    started: dict[int, str] = {}  # entries this run holds -> the notebook running ("" before the first)
+    errors: list[BaseException] = []
+    todo = iter(range(len(plans)))
+    take = threading.Lock()
 
     def one(i: int, plan: EntryPlan) -> dict:
-        line: list[str] = []
-        echo = line.append if jobs > 1 else (lambda text: (stream.write(text), stream.flush()))
-        echo(f"[{i}/{len(plans)}] {plan.label}:")
+        key, label = str(plan.run_dir), f"[{i + 1}/{len(plans)}] {plan.label}"
+        line: list[str] = [f"{label}:"]
+        view.started(key, label, plan.run_dir)
         try:
             with hold_run_dir(plan.run_dir, option="--runs-dir"):
-                status = _run_held(plan, force=force, notebooks=notebooks, echo=echo)
+                started[i] = ""
+
+                def on_notebook(name: str) -> None:
+                    started[i] = name
+                    view.notebook(key, name)
+
+                status = _run_held(plan, force=force, notebooks=notebooks, echo=line.append, stop=stop,
+                                   on_notebook=on_notebook)
         except RunDirInUse as busy:
-            echo(f" skipped: {busy}\n")
+            line.append(f" skipped: {busy}")
             status = {"entry": plan.entry, "state": IN_USE, "error": str(busy)}
-        if jobs > 1:
-            with lock:
-                stream.write("".join(line))
-                stream.flush()
+        view.finished(key, "".join(line).rstrip("\n"))
         return status
 
-    if jobs <= 1:
-        return [one(i, plan) for i, plan in enumerate(plans, 1)]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, i, plan) for i, plan in enumerate(plans, 1)]
-        return [f.result() for f in futures]
+    workers = max(1, min(jobs, len(plans)))
+    ended: list[int] = []  # one item per worker that returned
+    all_ended = threading.Event()
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                with take:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                statuses[i] = one(i, plans[i])
+        except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            with take:
+                ended.append(1)
+                if len(ended) == workers:
+                    all_ended.set()
+
+    # Waiting on an Event, not Thread.join: a KeyboardInterrupt inside join() marks the thread stopped in
+    # Python 3.11 (its state lock is released), after which is_alive() lies.
+    with progress_env("lines"):  # kernels print lines into their notebooks, not a widget per step
+        try:
+            for k in range(workers):
+                threading.Thread(target=worker, name=f"gcrepro-entry-{k}", daemon=True).start()
+            while not all_ended.wait(timeout=POLL_S):
+                view.poll()
+        except KeyboardInterrupt:
+            view.close()
+            stream.write("Ctrl-C: stopping the running entries (a few seconds)...\n")
+            stream.flush()
+            _stop_entries(plans, started, statuses, stop, all_ended)
+            raise
+        finally:
+            view.close()
+    if errors:
+        raise errors[0]
+    return statuses
 
 
-def _run_held(plan: EntryPlan, *, force: bool, notebooks: Path | None, echo: Callable[[str], None]) -> dict:
+POLL_S = 0.5  # how often the runner reads the running entries' progress.json
+
+
+def _stop_entries(plans: list[EntryPlan], started: dict[int, str], statuses: list[dict | None],
+                  stop: threading.Event, all_ended: threading.Event) -> None:
+    """Ctrl-C: no entry or notebook starts any more; every kernel and its children are stopped (SIGINT, SIGTERM,
+    SIGKILL: :func:`gcrepro.process_tree.stop_children`); each entry started here and not finished says
+    "interrupted" in its status.json. A second Ctrl-C meanwhile is ignored (the main thread only)."""
+    import signal
+
+    from gcrepro.process_tree import stop_children
+
+    stop.set()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        stop_children(settled=all_ended.is_set)
+        all_ended.wait(timeout=5.0)  # the workers write their entries' status (and notebooks)
+        for i, notebook in sorted(started.items()):
+            status = run_status.read_status(plans[i].run_dir)
+            if statuses[i] is None and status is not None and status["state"] == "running":
+                _interrupted(plans[i].run_dir, status, notebook, plans[i].run_dir / f"{notebook}.ipynb")
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_held(plan: EntryPlan, *, force: bool, notebooks: Path | None, echo: Callable[[str], None],
+              stop: threading.Event | None = None, on_notebook: Callable[[str], None] = lambda name: None) -> dict:
     """One entry in a folder this process holds: skip it if completed, else run it (fresh or resuming)."""
     skip, why = (False, "") if force else completed(plan)
     if skip:
@@ -448,10 +545,12 @@ def _run_held(plan: EntryPlan, *, force: bool, notebooks: Path | None, echo: Cal
     elif not fresh:
         echo(" (resuming)")
     t0 = time.perf_counter()
-    status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo)
+    status = run_entry(plan, fresh=fresh, notebooks=notebooks, echo=echo, stop=stop, on_notebook=on_notebook)
     took = time.perf_counter() - t0
     if status["state"] == "done":
         echo(f" -> done in {took:.0f}s: {_summary(plan.run_dir)}\n")
+    elif status["state"] == "interrupted":
+        echo(f" -> interrupted after {took:.0f}s\n")
     else:
         echo(f" -> FAILED in {took:.0f}s: {status['error']} (see {status['failed_notebook']})\n")
     return status
@@ -487,6 +586,15 @@ def run_report_notebook(runs_dir: Path, *, notebooks: Path | None = None) -> Pat
 
 
 
+def _interrupted_line(plans: list[EntryPlan], prog: str) -> str:
+    """One line after Ctrl-C: which entries are marked interrupted and how to go on."""
+    stopped = [p.label for p in plans if (run_status.read_status(p.run_dir) or {}).get("state") == "interrupted"]
+    which = f"{len(stopped)} entr{'y' if len(stopped) == 1 else 'ies'} marked interrupted ({', '.join(stopped)})" \
+        if stopped else "no entry had started"
+    return (f"{prog}: interrupted; {which}; the same command again resumes them from their last checkpoint "
+            "and skips the completed ones")
+
+
 def select_entries(entries: str | None, rows: str | None) -> list[str]:
     """Entry names from ``--entries NAME[,NAME...]|all`` and/or ``--rows 1-3,7``, in table order."""
     from gcrepro import entries as table
@@ -515,6 +623,7 @@ def table_run(
     prog: str = "gcrepro table run",
     checkpoints: Path | None = None,
     seeds: str | None = None,
+    progress: str | None = None,
 ) -> int:
     """Validate everything, then run the entries and build the report. 0: all done; 1: something failed
     or was in use by another process; 2: bad input (one line on stderr); 130: interrupted. With
@@ -549,9 +658,9 @@ def table_run(
               f"{plans[0].params['evaluate']['data']}", flush=True)
     print(f"runs: {runs_dir}", flush=True)
     try:
-        statuses = run_table(plans, force=force, jobs=jobs)
+        statuses = run_table(plans, force=force, jobs=jobs, progress=progress)
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; the entry in progress is marked failed, a re-run resumes it", file=sys.stderr)
+        print(_interrupted_line(plans, prog), file=sys.stderr, flush=True)
         return 130
     failed = [p.label for p, s in zip(plans, statuses) if s is None or s["state"] not in ("done", IN_USE)]
     in_use = [p.label for p, s in zip(plans, statuses) if s is not None and s["state"] == IN_USE]
@@ -559,6 +668,13 @@ def table_run(
     try:
         notebook = run_report_notebook(runs_dir)
         print(f"report: {runs_dir / 'report.html'}\n        {runs_dir / 'report.csv'}\n        {notebook}")
+    except KeyboardInterrupt:
+        from gcrepro.process_tree import stop_children
+
+        stop_children()
+        print(f"\n{prog}: interrupted while writing the report; `gcrepro table report --runs-dir {runs_dir}` writes it",
+              file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:  # noqa: BLE001 - the runs are kept; say what broke
         report_ok = False
         print(f"report FAILED: {type(exc).__name__}: {exc} (see {runs_dir / REPORT_FAILED})")
