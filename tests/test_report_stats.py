@@ -184,6 +184,8 @@ def test_report_skips_seed_runs_it_cannot_trust(tmp_path: Path, caplog: pytest.L
     _seed_run(tmp_path, E1, None, 30.0)  # RUNS/<entry> holds a run of its own beside its seed runs
     _seed_run(tmp_path, E2, 0, 14.0, data="custom")  # another val set: not comparable with its seed-1 run
     _seed_run(tmp_path, E2, 1, 15.0)
+    _seed_run(tmp_path, E3, 0, 13.0)
+    _seed_run(tmp_path, E3, 1, math.inf)  # a metrics.json with an infinite AP (JSON Infinity): not averaged
     with caplog.at_level(logging.WARNING, logger="gcrepro"):
         frame = report.write_report(tmp_path)[0].set_index("row")
     assert frame.loc[1, "n"] == 1 and frame.loc[1, "box_ap"] == 12.0
@@ -191,6 +193,7 @@ def test_report_skips_seed_runs_it_cannot_trust(tmp_path: Path, caplog: pytest.L
     assert "holds a run of its own beside its seed runs (seed0, seed1)" in caplog.text
     assert frame.loc[2, "n"] == 1 and frame.loc[2, "data"] == "custom" and "left out of" in caplog.text
     assert math.isnan(frame.loc[2, "gc_gain_box_ap"])  # a custom GC run against a toy baseline: no gain
+    assert frame.loc[3, "n"] == 1 and frame.loc[3, "box_ap"] == 13.0 and "not a finite number (box inf" in caplog.text
 
 
 def test_the_chart_draws_std_and_interval_error_bars_only_where_they_exist(tmp_path: Path) -> None:

@@ -212,6 +212,10 @@ def _entry_runs(records: list[dict[str, Any]]) -> EntryRuns:
     finished run on another label, profile or val set is left out of the mean, with a warning."""
     finished = [r for r in records if r["metrics"] is not None and r["metrics"].box_ap is not None
                 and r["metrics"].mask_ap is not None]
+    for r in [r for r in finished if not (_finite(r["metrics"].box_ap) and _finite(r["metrics"].mask_ap))]:
+        logger.warning("report: %s left out of %s's mean: its AP is not a finite number (box %r, mask %r)",
+                       r["dir"], r["entry"], r["metrics"].box_ap, r["metrics"].mask_ap)
+        finished.remove(r)
     reference = finished[0]["metrics"] if finished else next((r["metrics"] for r in records if r["metrics"]), None)
     box: dict[int, float] = {}
     mask: dict[int, float] = {}
