@@ -39,7 +39,6 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 
 from gcrepro.modeling.anchors import StridedAnchorGenerator
 from gcrepro.modeling.config import ModelConfig
@@ -48,7 +47,7 @@ from gcrepro.modeling.masks import (
     MaskPaster, MaskTargets, mask_targets_crop_resize, mask_targets_roi_align, paste_masks_grid_sample,
     paste_masks_resized,
 )
-from gcrepro.modeling.poolers import LevelRoIAlign
+from gcrepro.modeling.poolers import LevelRoIAlign, TorchvisionRoIAlign
 from gcrepro.modeling.transform import DetectionTransform
 
 FPN_STRIDES = (4, 8, 16, 32, 64)  # P2-P6; anchors on all five, RoIs pooled from P2-P5
@@ -108,8 +107,8 @@ def convention_parts(c: ModelConfig) -> Parts:
         return Parts(
             convention=conv, geometry=geometry, box_coder=BoxCoder,
             anchor_generator=AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(ratios,) * len(sizes)),
-            box_roi_pool=MultiScaleRoIAlign(ROI_LEVELS, c.box_roi_size, c.roi_sampling_ratio),
-            mask_roi_pool=MultiScaleRoIAlign(ROI_LEVELS, c.mask_roi_size, c.roi_sampling_ratio),
+            box_roi_pool=TorchvisionRoIAlign(ROI_LEVELS, c.box_roi_size, c.roi_sampling_ratio),
+            mask_roi_pool=TorchvisionRoIAlign(ROI_LEVELS, c.mask_roi_size, c.roi_sampling_ratio),
             transform=GeneralizedRCNNTransform(c.min_size, c.max_size, list(c.image_mean), list(c.image_std),
                                                size_divisible=c.size_divisible))
 

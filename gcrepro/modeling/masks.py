@@ -32,7 +32,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import roi_align
+
+from gcrepro.ops.roi_align import roi_align
 
 MaskTargets = Callable[[Tensor, Tensor, Tensor, int], Tensor]  # (gt_masks, boxes, matched_idxs, M) -> [P, M, M]
 MaskPaster = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]  # (masks, boxes, (h, w)) -> [K, 1, h, w]

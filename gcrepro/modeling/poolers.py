@@ -1,6 +1,9 @@
 """RoI feature pooling from P2-P5 the mmdetection way (v1 or 2.x/3.x), with torchvision's pooler interface.
 
-The torchvision convention uses ``torchvision.ops.MultiScaleRoIAlign``: level
+Every RoIAlign here is ``gcrepro.ops.roi_align``: torchvision's op, or on CPU the compiled kernels
+with its rules (faster; ``GCREPRO_ROI_ALIGN=torchvision`` brings torchvision's back).
+
+The torchvision convention uses ``torchvision.ops.MultiScaleRoIAlign`` (:class:`TorchvisionRoIAlign`): level
 ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` over continuous areas, scales inferred from the
 feature and image sizes, ``roi_align(aligned=False)`` with the configured sampling ratio (which
 stretches RoIs narrower than one feature pixel to one).
@@ -22,7 +25,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import _filter_input, _setup_scales
+
+from gcrepro.ops.roi_align import roi_align
 
 FINEST_SCALE = 56.0  # mmdetection SingleRoIExtractor finest_scale (v1 and 2.x/3.x)
 
@@ -87,3 +93,24 @@ class LevelRoIAlign(nn.Module):
                 f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, "
                 f"pixel_offset={self.pixel_offset})")
 
+
+
+class TorchvisionRoIAlign(MultiScaleRoIAlign):
+    """``torchvision.ops.MultiScaleRoIAlign`` (its levels and inferred scales) pooling with ``gcrepro.ops.roi_align``:
+    torchvision's ``_multiscale_roi_align`` with the RoIAlign call swapped."""
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        maps = _filter_input(x, self.featmap_names)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(maps, image_shapes, self.canonical_scale, self.canonical_level)
+        all_boxes = torch.cat(boxes, dim=0)  # [R, 4]
+        image_idx = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])  # [R, 1]
+        rois = torch.cat((image_idx, all_boxes), dim=1)  # [R, 5]
+        if len(maps) == 1:
+            return roi_align(maps[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+        levels = self.map_levels(boxes)  # [R]
+        out = maps[0].new_zeros((len(rois), maps[0].shape[1], *self.output_size))  # [R, C, S, S]
+        for level, (feature, scale) in enumerate(zip(maps, self.scales)):
+            idx = torch.where(levels == level)[0]
+            out[idx] = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio).to(out.dtype)
+        return out
