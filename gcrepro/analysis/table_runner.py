@@ -591,7 +591,7 @@ def _interrupted_line(plans: list[EntryPlan], prog: str) -> str:
     stopped = [p.label for p in plans if (run_status.read_status(p.run_dir) or {}).get("state") == "interrupted"]
     which = f"{len(stopped)} entr{'y' if len(stopped) == 1 else 'ies'} marked interrupted ({', '.join(stopped)})" \
         if stopped else "no entry had started"
-    return (f"{prog}: interrupted; {which}; the same command again resumes them from their last checkpoint "
+    return (f"{prog}: interrupted; {which}; the same command again resumes them (from their last checkpoint, if any) "
             "and skips the completed ones")
 
 

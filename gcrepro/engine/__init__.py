@@ -5,7 +5,7 @@ Modules (one concept each):
 
 - ``config``     TrainConfig (typed recipe + run options; resolved with the model by ``gcrepro.runspec``)
 - ``recipe``     SGD, linear lr scaling, warmup + step schedule
-- ``trainer``    the loop (loss -> backward -> clip -> step) with hooks: metrics.jsonl, tqdm, checkpoints,
+- ``trainer``    the loop (loss -> backward -> clip -> step) with hooks: metrics.jsonl, progress, checkpoints,
                  NaN guard
 - ``epoch_data`` per-epoch, resumable batches from the data loader
 - ``checkpoint`` atomic save, ``weights_only`` load, RNG states, the run spec a checkpoint records
