@@ -111,3 +111,29 @@ def toy_spec(tmp_path_factory):
 
     return describe_data(make_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", num_train=2, num_val=1,
                                           image_size=64))
+
+
+def test_an_interrupted_entry_resumes_after_the_notebooks_it_ran_through(tmp_path: Path, toy_spec) -> None:
+    """Stopped by Ctrl-C in evaluate: the same run again starts at evaluate (train ran through, its timing kept);
+    an entry that failed is retried from its first notebook, as before."""
+    from test_table_runner import FAKES, GOOD, _calls, _write_fake
+
+    from gcrepro.analysis import run_status, table_runner
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in FAKES:
+        _write_fake(folder, name, *FAKES[name])
+    plan = table_runner.plan_table([GOOD], runs_dir=tmp_path / "runs", notebooks=folder, data=toy_spec)[0]
+    plan.run_dir.mkdir(parents=True)
+    run_status.write_params(plan.run_dir, {"entry": GOOD, "notebooks": plan.params})  # as the first attempt left it
+    status = {"entry": GOOD, "state": "running", "timings": {"train": 12.5, "evaluate": 0.4}}
+    table_runner._interrupted(plan.run_dir, status, "evaluate", plan.run_dir / "evaluate.ipynb")
+    assert table_runner.ran_through(plan, run_status.read_status(plan.run_dir)) == ["train"]
+    out = io.StringIO()
+    assert table_runner.run_table([plan], notebooks=folder, stream=out, progress="none")[0]["state"] == "done"
+    assert _calls(plan.run_dir) == ["evaluate", "attention"]
+    assert "(resuming) train (ran through before) evaluate" in out.getvalue()
+    assert run_status.read_status(plan.run_dir)["timings"]["train"] == 12.5
+    failed = {**status, "state": "failed"}
+    assert table_runner.ran_through(plan, failed) == []

@@ -311,19 +311,26 @@ def run_entry(
     ``fresh`` empties the run folder first (checkpoints included); otherwise training resumes
     from the folder's latest checkpoint, if any. The caller holds the folder (``hold_run_dir``; run_table does).
     ``stop`` set (Ctrl-C): no further notebook starts and the status says "interrupted"; ``on_notebook(name)``
-    before each notebook starts.
+    before each notebook starts. Resuming an interrupted attempt skips the notebooks it ran through
+    (:func:`ran_through`).
     """
     import papermill
 
     if fresh and plan.run_dir.exists():
         _clear(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    previous = None if fresh else run_status.read_status(plan.run_dir)
+    before = ran_through(plan, previous)
     status = {"entry": plan.entry, "state": "running", "started": run_status.now_iso(), "finished": None,
-              "timings": {}, "error": None, "failed_notebook": None, "traceback": None}
+              "timings": {nb: previous["timings"][nb] for nb in before}, "error": None, "failed_notebook": None,
+              "traceback": None}
     run_status.write_params(plan.run_dir, {"entry": plan.entry, "notebooks": plan.params})
     run_status.write_status(plan.run_dir, status)
     for nb in plan.params:
         output = plan.run_dir / f"{nb}.ipynb"
+        if nb in before:
+            echo(f" {nb} (ran through before)")
+            continue
         if stop is not None and stop.is_set():
             return _interrupted(plan.run_dir, status, nb, output)
         on_notebook(nb)
@@ -359,9 +366,22 @@ def run_entry(
     return status
 
 
+def ran_through(plan: EntryPlan, previous: dict | None) -> list[str]:
+    """The notebooks an interrupted attempt ran through: those before the one Ctrl-C stopped (its
+    ``failed_notebook``), with their timings. A re-run with the same parameters starts after them."""
+    if previous is None or previous["state"] != "interrupted" or not previous.get("failed_notebook"):
+        return []
+    names, stopped_in = list(plan.params), Path(previous["failed_notebook"]).stem
+    if stopped_in not in names:
+        return []
+    return [nb for nb in names[:names.index(stopped_in)] if nb in (previous.get("timings") or {})]
+
+
 def _interrupted(run_dir: Path, status: dict, notebook: str, output: Path) -> dict:
-    """Write (and return) ``status`` as interrupted (Ctrl-C) in ``notebook``; a re-run resumes the entry."""
-    status.update(state="interrupted", error=f"interrupted (Ctrl-C) in {notebook}", failed_notebook=str(output),
+    """Write (and return) ``status`` as interrupted (Ctrl-C) in ``notebook`` ("": before the first); a re-run
+    resumes the entry."""
+    where = f"in {notebook}" if notebook else "before its first notebook"
+    status.update(state="interrupted", error=f"interrupted (Ctrl-C) {where}", failed_notebook=str(output),
                   finished=run_status.now_iso())
     run_status.write_status(run_dir, status)
     return status
