@@ -45,7 +45,7 @@ CUE_COLOURS: dict[int, tuple[str, tuple[float, float, float]]] = {
 DISC_COLOUR = (235.0, 195.0, 40.0)  # amber: every disc of every class
 
 MARGIN = 0.10  # M: a disc's box grown by this fraction of the short side never touches the cue's box
-CUE_SIZE = 0.16  # the cue square's side, fraction of the short side
+CUE_SIZE = 0.30  # the cue square's side, fraction of the short side
 _MIN_DISC, _MAX_DISC = 0.16, 0.30  # disc diameter, fraction of the short side
 _MAX_DISCS = 4
 _GAP = 2  # pixels between discs
