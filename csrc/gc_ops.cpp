@@ -1,9 +1,10 @@
 // Schemas of the GC block ops, declared once (kernels: cpu/gc_ops_cpu.cpp, cuda/gc_kernels.cu;
-// host glue: gc_ops.h; Python side: gcrepro/ops/fused.py adds fake kernels, and
-// gcrepro/ops/block.py composes these ops into gcrepro::gc_block).
+// host glue: gc_ops.h and gc_block.h; the autograd kernel of gc_block: autograd/gc_block_autograd.h;
+// Python side: gcrepro/ops/fused.py and block.py add the fake kernels torch.compile traces).
 #include <Python.h>
 #include <torch/library.h>
 
+#include "autograd/gc_block_autograd.h"
 #include "cpu/isa.h"
 #include "cuda/launch_plan.h"
 
@@ -30,6 +31,20 @@ TORCH_LIBRARY(gcrepro, m) {
   m.def("gc_add(Tensor x, Tensor t, Tensor? residual, bool relu) -> Tensor");
   // -> (grad_in = grad_out * (out > 0), grad_t = grad_in summed over H*W [N, C] (fp32; fp64 for fp64)).
   m.def("gc_add_relu_backward(Tensor grad_out, Tensor out) -> (Tensor, Tensor)");
+  // The paper's whole GC block, differentiable (gc_block.h): out = x + T(context(x)) (+ residual)
+  // (then ReLU), T = conv1 (w1 [P, C, 1, 1], b1) -> LayerNorm (ln_w, ln_b [P, 1, 1], ln_eps) -> ReLU ->
+  // conv2 (w2 [C, P, 1, 1], b2). -> (out, context [N, C], lse [N], h [N, P], mean [N, 1], rstd [N, 1],
+  // a [N, P]): out in x's dtype and layout; the rest, in the accumulation dtype, is what the backward
+  // needs (non-differentiable, like native_layer_norm's mean and rstd).
+  m.def("gc_block(Tensor x, Tensor mask_w, Tensor? mask_b, Tensor w1, Tensor b1, Tensor ln_w, Tensor ln_b, "
+        "float ln_eps, Tensor w2, Tensor b2, Tensor? residual, bool relu) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Its backward from what it saved -> (grad_x, grads of mask_w, w1, b1, ln_w, ln_b, w2, b2 (each shaped
+  // and typed like its parameter), grad_in: the residual's gradient with relu, else an empty [0]).
+  m.def("gc_block_backward(Tensor grad_out, Tensor x, Tensor mask_w, Tensor? mask_b, Tensor w1, Tensor b1, "
+        "Tensor ln_w, Tensor ln_b, Tensor w2, Tensor b2, Tensor context, Tensor lse, Tensor h, Tensor mean, "
+        "Tensor rstd, Tensor a, Tensor? out, bool relu) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The vector ISA the CPU kernels run: "avx2" or "baseline" (cpu/isa.h).
   m.def("cpu_isa() -> str", [] { return std::string(gcrepro::cpu::cpu_isa_name()); });
   // The split the CUDA gc_context kernels use for a batch of N samples of H*W positions on a GPU
@@ -41,3 +56,5 @@ TORCH_LIBRARY(gcrepro, m) {
           return std::vector<int64_t>{plan.positions, plan.chunks, plan.threads, gcrepro::kMaxGridY};
         });
 }
+
+TORCH_LIBRARY_IMPL(gcrepro, Autograd, m) { m.impl("gc_block", &gcrepro::autograd::gc_block_autograd); }

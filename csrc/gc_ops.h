@@ -84,7 +84,25 @@ inline Tensor small_acc(const Tensor& v, const Tensor& x, int64_t numel, at::Int
               "), got shape ", v.sizes());
   TORCH_CHECK(v.device() == x.device(), op, ": ", name, " is on ", v.device(), " but x is on ", x.device());
   TORCH_CHECK(at::isFloatingType(v.scalar_type()), op, ": ", name, " must be floating, got ", v.scalar_type());
-  return v.reshape(shape).to(acc_type(x.scalar_type())).contiguous();
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  if (v.scalar_type() == acc && v.is_contiguous()) {
+    return v.view(shape);  // the common case: one call instead of three (the op is overhead-bound at toy shapes)
+  }
+  return v.reshape(shape).to(acc).contiguous();
+}
+
+// The residual of gc_add, checked against x and put in x's layout (undefined when absent).
+inline Tensor residual_like_x(const c10::optional<Tensor>& residual, const Tensor& x, bool nhwc, const char* op) {
+  if (!residual.has_value()) {
+    return Tensor();
+  }
+  TORCH_CHECK(residual->sizes() == x.sizes(), op, ": residual must have x's shape ", x.sizes(), ", got ",
+              residual->sizes());
+  TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual dtype ", residual->scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(residual->device() == x.device(), op, ": residual is on ", residual->device(), " but x is on ",
+              x.device());
+  return in_layout(*residual, nhwc);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -169,17 +187,9 @@ Tensor gc_add_op(const Tensor& x, const Tensor& t, const c10::optional<Tensor>& 
   constexpr const char* op = "gcrepro::gc_add";
   check_x(x, op);
   const Dense4d d = as_dense(x);
-  const Tensor tv = small_acc(t, x, d.N * d.C, {d.N, d.C}, op, "t (the channel term)");
-  Tensor res;
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == x.sizes(), op, ": residual must have x's shape ", x.sizes(), ", got ",
-                residual->sizes());
-    TORCH_CHECK(residual->scalar_type() == x.scalar_type(), op, ": residual dtype ", residual->scalar_type(),
-                " differs from x dtype ", x.scalar_type());
-    TORCH_CHECK(residual->device() == x.device(), op, ": residual is on ", residual->device(), " but x is on ",
-                x.device());
-    res = in_layout(*residual, d.nhwc);
-  }
+  const std::array<int64_t, 2> nc{d.N, d.C};
+  const Tensor tv = small_acc(t, x, d.N * d.C, nc, op, "t (the channel term)");
+  const Tensor res = residual_like_x(residual, x, d.nhwc, op);
   if (d.N == 0) {
     return empty_4d(d.t, d.nhwc);
   }

@@ -1,5 +1,6 @@
 // CPU kernels of the GC ops, registered with the dispatcher: each calls the ISA variant that
 // cpu_isa() picked (isa.h). The kernels: context_kernels.h, add_kernels.h.
+#include "../gc_block.h"
 #include "isa.h"
 
 #include <torch/library.h>
@@ -33,6 +34,8 @@ TORCH_LIBRARY_IMPL(gcrepro, CPU, m) {
   m.impl("gc_context_backward", &gc_context_backward_op<CpuKernels>);
   m.impl("gc_add", &gc_add_op<CpuKernels>);
   m.impl("gc_add_relu_backward", &gc_add_relu_backward_op<CpuKernels>);
+  m.impl("gc_block", &gc_block_op<CpuKernels>);
+  m.impl("gc_block_backward", &gc_block_backward_op<CpuKernels>);
 }
 
 }  // namespace gcrepro

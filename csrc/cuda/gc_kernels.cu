@@ -21,6 +21,7 @@
 // here goes there too.
 #include <Python.h>
 
+#include "../gc_block.h"
 #include "../gc_ops.h"
 #include "launch_plan.h"
 
@@ -611,11 +612,16 @@ struct CudaAddKernels {
 
 }  // namespace
 
+// The whole block (../gc_block.h) runs both.
+struct CudaKernels : CudaContextKernels, CudaAddKernels {};
+
 TORCH_LIBRARY_IMPL(gcrepro, CUDA, m) {
   m.impl("gc_context", &gc_context_op<CudaContextKernels>);
   m.impl("gc_context_backward", &gc_context_backward_op<CudaContextKernels>);
   m.impl("gc_add", &gc_add_op<CudaAddKernels>);
   m.impl("gc_add_relu_backward", &gc_add_relu_backward_op<CudaAddKernels>);
+  m.impl("gc_block", &gc_block_op<CudaKernels>);
+  m.impl("gc_block_backward", &gc_block_backward_op<CudaKernels>);
 }
 
 }  // namespace gcrepro
