@@ -13,8 +13,9 @@ For each shape it times forward ("fwd") and forward+backward ("fwd+bwd"), refere
                    -> channel add; fused, one op (gcrepro.ops.gc_block)
   block+res+relu   ContextBlock(x, identity): the block plus the Bottleneck's residual add and ReLU
                    (fused into the add's epilogue), as the model runs it
-A time is the best over --repeat samples of the mean of enough calls to fill ~20 ms (CPU) or the
-median of single calls (CUDA). Memory floor = bytes that must move / copy bandwidth, where the
+A time is the best over --repeat samples of the mean of enough calls to fill ~20 ms (CPU; the
+reference's and the fused op's samples alternate, so that both see the same load on a shared
+machine) or the median of single calls (CUDA). Memory floor = bytes that must move / copy bandwidth, where the
 bandwidth is (read + write bytes) / time of a large tensor copy measured in the same run. Bytes
 that must move, in passes over the N*C*H*W tensor (one pass = one read or one write of it):
   block           fwd 3 (context reads x; add reads x, writes out)
@@ -91,6 +92,29 @@ def time_ms(fn, device: torch.device, repeat: int) -> float:
     return best
 
 
+def time_pair_ms(fns: dict, device: torch.device, repeat: int) -> dict:
+    """{name: ms per call} for several callables; on the CPU their samples alternate (a load
+    change on a shared machine then hits every one alike: their ratios are what can be trusted),
+    each the mean of enough calls to fill SAMPLE_S, the best of `repeat` kept."""
+    if device.type == "cuda":
+        return {name: time_ms(fn, device, repeat) for name, fn in fns.items()}
+    numbers = {}
+    for name, fn in fns.items():
+        fn()  # warm-up (first-call costs, allocator, logging)
+        start = time.perf_counter()
+        fn()
+        numbers[name] = max(1, int(SAMPLE_S / max(time.perf_counter() - start, 1e-6)))
+    best = dict.fromkeys(fns, float("inf"))
+    for r in range(repeat):
+        for name in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+            fn, number = fns[name], numbers[name]
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) * 1e3 / number)
+    return best
+
+
 def copy_bandwidth(device: torch.device, repeat: int) -> float:
     """Bytes per second (read + write) of a large tensor copy into an existing tensor."""
     nbytes = (256 if device.type == "cuda" else 128) * 2**20
@@ -128,20 +152,23 @@ class ShapeCase:
         self.leaves = [self.x, self.residual, *self.block.parameters()]
 
     def fn(self, case: str, mode: str, impl: str):
-        self.block.impl = impl
+        """One call of `impl`; the callables of one (case, mode) may be interleaved (each sets its impl)."""
+        block = self.block
         residual = self.residual if case == "block+res+relu" else None
         for t in self.leaves:
             t.requires_grad_(mode == "fwd+bwd")
             t.grad = None
         if mode == "fwd":
             def call():
+                block.impl = impl
                 with torch.no_grad():
-                    run_block(self.block, self.x, residual)
+                    run_block(block, self.x, residual)
         else:
             def call():
+                block.impl = impl
                 for t in self.leaves:
                     t.grad = None
-                run_block(self.block, self.x, residual).backward(self.grad)
+                run_block(block, self.x, residual).backward(self.grad)
         return call
 
 
@@ -156,7 +183,8 @@ def bench(shape_sets, device, dtype, layout, repeat, bandwidth):
             plan = torch.ops.gcrepro.cuda_context_plan(n, h * w, layout == "channels_last", sms)[:3] if sms else None
             for case in CASES:
                 for mode in MODES:
-                    times = {impl: time_ms(sc.fn(case, mode, impl), device, repeat) for impl in ("reference", "fused")}
+                    times = time_pair_ms({impl: sc.fn(case, mode, impl) for impl in ("reference", "fused")}, device,
+                                         repeat)
                     floor_ms = FLOOR_PASSES[(case, mode)] * tensor_bytes / bandwidth * 1e3
                     rows.append({
                         "shapes": set_name, "shape": list(shape), "op": case, "mode": mode,

@@ -78,17 +78,27 @@ inline void check_x(const Tensor& x, const char* op) {
 
 // A small operand with `numel` elements (w: [1, C, 1, 1] -> [C]; term: [N, C, 1, 1] -> [N, C])
 // as a contiguous tensor of the accumulation type on x's device.
-inline Tensor small_acc(const Tensor& v, const Tensor& x, int64_t numel, at::IntArrayRef shape,
-                        const char* op, const char* name) {
+inline void check_small(const Tensor& v, const Tensor& x, int64_t numel, at::IntArrayRef shape, const char* op,
+                        const char* name) {
   TORCH_CHECK(v.numel() == numel, op, ": ", name, " must have ", numel, " elements (shape ", shape,
               "), got shape ", v.sizes());
   TORCH_CHECK(v.device() == x.device(), op, ": ", name, " is on ", v.device(), " but x is on ", x.device());
   TORCH_CHECK(at::isFloatingType(v.scalar_type()), op, ": ", name, " must be floating, got ", v.scalar_type());
+}
+
+inline Tensor small_acc(const Tensor& v, const Tensor& x, int64_t numel, at::IntArrayRef shape,
+                        const char* op, const char* name) {
+  check_small(v, x, numel, shape, op, name);
   const at::ScalarType acc = acc_type(x.scalar_type());
   if (v.scalar_type() == acc && v.is_contiguous()) {
     return v.view(shape);  // the common case: one call instead of three (the op is overhead-bound at toy shapes)
   }
   return v.reshape(shape).to(acc).contiguous();
+}
+
+// A gradient g (contiguous, p's number of elements) shaped and typed like the parameter p.
+inline Tensor like_param(const Tensor& g, const Tensor& p) {
+  return g.scalar_type() == p.scalar_type() ? g.view(p.sizes()) : g.to(p.scalar_type()).view(p.sizes());
 }
 
 // The residual of gc_add, checked against x and put in x's layout (undefined when absent).
@@ -175,7 +185,7 @@ std::tuple<Tensor, Tensor> gc_context_backward_op(const Tensor& grad_context, co
     return {empty_4d(d.t, d.nhwc), at::zeros_like(w)};
   }
   auto [grad_x, grad_w] = Kernels::context_backward(d, wv, g, gdot.contiguous(), lse_nb.contiguous(), add);
-  return {grad_x, grad_w.to(w.scalar_type()).view(w.sizes())};
+  return {grad_x, like_param(grad_w, w)};
 }
 
 // ---------------------------------------------------------------------------------------

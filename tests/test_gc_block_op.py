@@ -171,6 +171,21 @@ def test_op_opcheck():
     torch.library.opcheck(torch.ops.gcrepro.gc_block.default, tuple(bf16))
 
 
+def test_backward_op_opcheck():
+    # gcrepro::gc_block_backward on its own (the autograd kernel calls it through the dispatcher):
+    # schema, fake kernel (grad_in [0] without relu, out's layout with it), torch.compile tracing
+    for relu, layout in ((True, "contiguous"), (False, "contiguous"), (True, "channels_last")):
+        args = _op_args(2, residual=relu)
+        args[-1] = relu
+        if layout == "channels_last":
+            args[0] = args[0].contiguous(memory_format=torch.channels_last)
+        x, mask_w, mask_b, w1, b1, ln_w, ln_b, _eps, w2, b2 = args[:10]
+        out, *saved = torch.ops.gcrepro.gc_block.default(*args)
+        grad = torch.randn_like(out)
+        torch.library.opcheck(torch.ops.gcrepro.gc_block_backward.default,
+                              (grad, x, mask_w, mask_b, w1, b1, ln_w, ln_b, w2, b2, *saved, out if relu else None, relu))
+
+
 def test_fused_block_is_one_autograd_node_and_x_gradient_is_not_summed_by_autograd():
     _, fused = _blocks(16, 1 / 4, 0, "cpu", torch.float32)
     x = torch.randn(2, 16, 5, 5, requires_grad=True)

@@ -156,6 +156,22 @@ def test_auto_takes_what_the_kernels_take():
 
 
 @needs_op
+def test_cached_choice_still_routes_every_input():
+    # use_fused decides (impl, block, device, dtype) once; the inputs' shapes and strides are still
+    # checked on every call: after the fused op was chosen for float32 on cpu, odd float32 inputs
+    # still go to the reference ("auto") or are refused ("fused")
+    x = torch.randn(2, 4, 3, 3)
+    assert ops.use_fused("auto", x) and ops.use_fused("auto", x) and ops.use_fused("fused", x, x)
+    assert not ops.use_fused("auto", x[:0])
+    assert not ops.use_fused("auto", x[:, :, :, ::2])  # strides dense in neither layout
+    assert not ops.use_fused("auto", x, x.transpose(2, 3))  # the residual's strides
+    assert not ops.use_fused("auto", x, x[:, :, :2])  # a residual of another shape
+    assert not ops.use_fused("auto", x[0])  # 3-D
+    with pytest.raises(ValueError, match="residual"):
+        ops.use_fused("fused", x, x[:, :, :2])
+
+
+@needs_op
 def test_choice_is_logged_once_per_implementation_and_device(monkeypatch, caplog):
     monkeypatch.setattr(ops, "_logged", set())
     x = torch.randn(2, 4, 3, 3)

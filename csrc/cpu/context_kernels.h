@@ -252,17 +252,19 @@ void backward_task(const scalar_t* xn, const scalar_t* axn, scalar_t* dxn, bool 
 
 // Note: `#pragma omp simd` cannot sit inside the AT_DISPATCH macro's lambda (a pragma in a
 // macro argument), so the typed bodies are functions called from the dispatch.
+// (Partial results and scratch rows are std::vectors: at toy shapes a tensor allocation per buffer
+// costs more than the arithmetic.)
 template <typename scalar_t>
-void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Tensor& part_m, Tensor& part_s,
-                          Tensor& part_acc, Tensor& context, Tensor& lse) {
+void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Tensor& context, Tensor& lse) {
   // (context and lse in the accumulation type: ../gc_ops.h)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = d.N, C = d.C, HW = d.HW;
   const scalar_t* x = d.t.const_data_ptr<scalar_t>();
   const acc_t* wp = w.const_data_ptr<acc_t>();
-  acc_t* pm = part_m.mutable_data_ptr<acc_t>();
-  acc_t* ps = part_s.mutable_data_ptr<acc_t>();
-  acc_t* pa = part_acc.mutable_data_ptr<acc_t>();
+  std::vector<acc_t> part(N * sp.splits * (C + 2));
+  acc_t* pm = part.data();                   // [N * splits] running max
+  acc_t* ps = pm + N * sp.splits;            // [N * splits] sum of exp
+  acc_t* pa = ps + N * sp.splits;            // [N * splits, C] weighted sums
   at::parallel_for(0, N * sp.splits, sp.grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> l(sp.chunk);
     for (int64_t task = begin; task < end; ++task) {
@@ -304,7 +306,7 @@ void context_forward_impl(const Dense4d& d, const Split& sp, const Tensor& w, Te
 
 template <typename scalar_t, bool kAdd>
 void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, const Tensor& g, const Tensor& gdot,
-                           const Tensor& lse, const Tensor& add, Tensor& grad_x, Tensor& part_dw) {
+                           const Tensor& lse, const Tensor& add, Tensor& grad_x, Tensor& grad_w) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = d.N, C = d.C, HW = d.HW;
   const scalar_t* x = d.t.const_data_ptr<scalar_t>();
@@ -314,7 +316,8 @@ void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, c
   const acc_t* gp = g.const_data_ptr<acc_t>();
   const acc_t* gd = gdot.const_data_ptr<acc_t>();
   const acc_t* lp = lse.const_data_ptr<acc_t>();
-  acc_t* dw = part_dw.mutable_data_ptr<acc_t>();
+  std::vector<acc_t> part_dw(N * sp.splits * C);  // each task's row of sum_j dlogit_j x[c, j]
+  acc_t* dw = part_dw.data();
   at::parallel_for(0, N * sp.splits, sp.grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> l(sp.chunk), s(sp.chunk);
     for (int64_t task = begin; task < end; ++task) {
@@ -325,6 +328,13 @@ void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, c
                                            l.data(), s.data());
     }
   });
+  acc_t* gw = grad_w.mutable_data_ptr<acc_t>();  // the tasks' rows summed in a fixed order
+  std::copy(dw, dw + C, gw);
+  for (int64_t task = 1; task < N * sp.splits; ++task) {
+    const acc_t* row = dw + task * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) gw[c] += row[c];
+  }
 }
 
 }  // namespace
@@ -332,13 +342,10 @@ void context_backward_impl(const Dense4d& d, const Split& sp, const Tensor& w, c
 Tensor_pair context_forward(const Dense4d& d, const Tensor& w) {
   const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
   const auto acc_opts = d.t.options().dtype(w.scalar_type());
-  Tensor part_m = at::empty({d.N, sp.splits}, acc_opts);
-  Tensor part_s = at::empty({d.N, sp.splits}, acc_opts);
-  Tensor part_acc = at::empty({d.N, sp.splits, d.C}, acc_opts);
   Tensor context = at::empty({d.N, d.C}, acc_opts);
   Tensor lse = at::empty({d.N}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_cpu", [&] {
-    context_forward_impl<scalar_t>(d, sp, w, part_m, part_s, part_acc, context, lse);
+    context_forward_impl<scalar_t>(d, sp, w, context, lse);
   });
   return {context, lse};
 }
@@ -347,10 +354,10 @@ Tensor_pair context_backward(const Dense4d& d, const Tensor& w, const Tensor& g,
                              const Tensor& lse, const Tensor& add) {
   const Split sp = make_split(d.N, d.C, d.HW, d.t.element_size(), d.nhwc);
   Tensor grad_x = empty_4d(d.t, d.nhwc);
-  Tensor part_dw = at::empty({d.N * sp.splits, d.C}, w.options());
+  Tensor grad_w = at::empty({d.C}, w.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.t.scalar_type(), "gc_context_backward_cpu", [&] {
-    if (add.defined()) context_backward_impl<scalar_t, true>(d, sp, w, g, gdot, lse, add, grad_x, part_dw);
-    else context_backward_impl<scalar_t, false>(d, sp, w, g, gdot, lse, add, grad_x, part_dw);
+    if (add.defined()) context_backward_impl<scalar_t, true>(d, sp, w, g, gdot, lse, add, grad_x, grad_w);
+    else context_backward_impl<scalar_t, false>(d, sp, w, g, gdot, lse, add, grad_x, grad_w);
   });
-  return {grad_x, part_dw.sum(0)};
+  return {grad_x, grad_w};
 }

@@ -1,5 +1,5 @@
 // CPU kernels of the GC ops, registered with the dispatcher: each calls the ISA variant that
-// cpu_isa() picked (isa.h). The kernels: context_kernels.h, add_kernels.h.
+// cpu_isa() picked (isa.h). The kernels: context_kernels.h, add_kernels.h, transform_kernels.h.
 #include "../gc_block.h"
 #include "isa.h"
 
@@ -24,6 +24,18 @@ struct CpuKernels {
   static cpu::Tensor_pair add_relu_backward(const Dense4d& d, const Tensor& grad) {
     return cpu::cpu_isa() == cpu::Isa::avx2 ? cpu::avx2::add_relu_backward(d, grad)
                                             : cpu::baseline::add_relu_backward(d, grad);
+  }
+  static cpu::Tensor_5 transform_forward(const Tensor& ctx, const Tensor& w1, const Tensor& b1, const Tensor& lnw,
+                                         const Tensor& lnb, double eps, const Tensor& w2, const Tensor& b2) {
+    return cpu::cpu_isa() == cpu::Isa::avx2 ? cpu::avx2::transform_forward(ctx, w1, b1, lnw, lnb, eps, w2, b2)
+                                            : cpu::baseline::transform_forward(ctx, w1, b1, lnw, lnb, eps, w2, b2);
+  }
+  static cpu::Tensor_8 transform_backward(const Tensor& gt, const Tensor& ctx, const Tensor& h, const Tensor& mean,
+                                          const Tensor& rstd, const Tensor& a, const Tensor& w1, const Tensor& lnw,
+                                          const Tensor& lnb, const Tensor& w2) {
+    return cpu::cpu_isa() == cpu::Isa::avx2
+               ? cpu::avx2::transform_backward(gt, ctx, h, mean, rstd, a, w1, lnw, lnb, w2)
+               : cpu::baseline::transform_backward(gt, ctx, h, mean, rstd, a, w1, lnw, lnb, w2);
   }
 };
 

@@ -15,6 +15,8 @@
 namespace gcrepro::cpu {
 
 using Tensor_pair = std::tuple<Tensor, Tensor>;
+using Tensor_5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Tensor_8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 enum class Isa { baseline, avx2 };
 
@@ -34,6 +36,13 @@ const char* cpu_isa_name();
   Tensor add_forward(const Dense4d& d, const Tensor& t, const Tensor& res, bool relu);                  \
   /* -> (grad_in = grad * (out > 0), grad_t [N, C]) */                                                   \
   Tensor_pair add_relu_backward(const Dense4d& d, const Tensor& grad);                                  \
+  /* the block's transform T (transform_kernels.h) -> (h, mean, rstd, a, term) */                        \
+  Tensor_5 transform_forward(const Tensor& ctx, const Tensor& w1, const Tensor& b1, const Tensor& lnw,   \
+                             const Tensor& lnb, double eps, const Tensor& w2, const Tensor& b2);         \
+  /* -> (g_ctx, gdot, g_w1, g_b1, g_lnw, g_lnb, g_w2, g_b2) */                                             \
+  Tensor_8 transform_backward(const Tensor& gt, const Tensor& ctx, const Tensor& h, const Tensor& mean,  \
+                              const Tensor& rstd, const Tensor& a, const Tensor& w1, const Tensor& lnw,  \
+                              const Tensor& lnb, const Tensor& w2);                                      \
   }
 
 GCREPRO_DECLARE_CPU_KERNELS(baseline)

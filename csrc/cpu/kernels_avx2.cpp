@@ -16,6 +16,7 @@
 namespace gcrepro::cpu::avx2 {
 #include "context_kernels.h"
 #include "add_kernels.h"
+#include "transform_kernels.h"
 }  // namespace gcrepro::cpu::avx2
 
 #if defined(__x86_64__) && defined(__clang__)

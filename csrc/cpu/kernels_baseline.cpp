@@ -4,4 +4,5 @@
 namespace gcrepro::cpu::baseline {
 #include "context_kernels.h"
 #include "add_kernels.h"
+#include "transform_kernels.h"
 }  // namespace gcrepro::cpu::baseline

@@ -612,8 +612,8 @@ struct CudaAddKernels {
 
 }  // namespace
 
-// The whole block (../gc_block.h) runs both.
-struct CudaKernels : CudaContextKernels, CudaAddKernels {};
+// The whole block (../gc_block.h) runs both, and its transform with ATen ops.
+struct CudaKernels : CudaContextKernels, CudaAddKernels, AtenTransform {};
 
 TORCH_LIBRARY_IMPL(gcrepro, CUDA, m) {
   m.impl("gc_context", &gc_context_op<CudaContextKernels>);

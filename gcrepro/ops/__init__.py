@@ -2,7 +2,9 @@
 
     use_fused(impl, x, residual, paper_block) -> bool
         THE choice of implementation for one GC block call (ContextBlock asks it every forward);
-        logs each decision, with its reason, the first time it is taken on a device type
+        logs each decision, with its reason, the first time it is taken on a device type; once the
+        fused op was chosen for an (impl, block, device, dtype), later calls with ordinary inputs
+        (4-D, non-empty, dense, a matching residual) only check those
     gc_block(x, conv_mask, transform, residual=None, relu=False) -> out [N, C, H, W]
         the paper's whole block (context -> transform -> add) as one op, torch.ops.gcrepro.gc_block
     fused_available(device) -> bool       the compiled op is built (and loads) for this device type
@@ -39,6 +41,11 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CUDA_MAX_BATCH = 65535  # the CUDA kernels' gridDim.y (kMaxGridY, csrc/cuda/launch_plan.h)
 _log = logging.getLogger(__name__)
 _logged: set[tuple[bool, str, str]] = set()  # (fused, device type, reason kind) already announced
+# (impl, paper_block, device, dtype) for which the fused op was chosen: the part of the decision that
+# does not depend on the tensors' shapes and strides, taken once. Valid for the build state, the log
+# state and the availability check it was taken under (tests replace them: the cache then empties).
+_fused_keys: set[tuple[str, bool, torch.device, torch.dtype]] = set()
+_fused_keys_under: list = [None, None, None]
 
 
 def fused_available(device: torch.device | str) -> bool:
@@ -88,11 +95,39 @@ def _better_as_reference(x: Tensor, residual: Tensor | None) -> tuple[str, str] 
     return None
 
 
+def _ordinary(x: Tensor, residual: Tensor | None) -> bool:
+    """x and the residual are inputs the fused op takes whatever their device and dtype: 4-D, no
+    empty dimension, dense, the residual (if any) like x; a CUDA batch within the kernels' grid."""
+    shape = x.shape
+    return (
+        len(shape) == 4 and shape[0] > 0 and shape[1] > 0 and shape[2] * shape[3] > 0 and _dense(x)
+        and (x.device.type != "cuda" or shape[0] <= CUDA_MAX_BATCH)
+        and (residual is None or (residual.shape == shape and residual.dtype == x.dtype
+                                  and residual.device == x.device and _dense(residual)))
+    )
+
+
 def use_fused(impl: str, x: Tensor, residual: Tensor | None = None, *, paper_block: bool = True) -> bool:
     """Whether a GC block call on x [N, C, H, W] (and the Bottleneck's residual, or None) runs the
     compiled op (True) or the reference (False). paper_block: att pooling with channel_add fusion
     only, the one block the op implements. Each decision and reason is logged (logger "gcrepro.ops",
     INFO) the first time it is taken on a device type."""
+    if torch.compiler.is_compiling():  # (traced once per graph: no cache to guard on)
+        return _decide(impl, x, residual, paper_block)
+    under = _fused_keys_under
+    if under[0] is not _extension.STATE or under[1] is not _logged or under[2] is not fused_available:
+        _fused_keys.clear()
+        under[:] = [_extension.STATE, _logged, fused_available]
+    key = (impl, paper_block, x.device, x.dtype)
+    if key in _fused_keys and _ordinary(x, residual):
+        return True
+    fused = _decide(impl, x, residual, paper_block)
+    if fused:
+        _fused_keys.add(key)
+    return fused
+
+
+def _decide(impl: str, x: Tensor, residual: Tensor | None, paper_block: bool) -> bool:
     device_type = x.device.type
     if impl == "reference":
         return _chosen(False, device_type, "impl", "impl='reference'")
