@@ -171,11 +171,14 @@ def test_op_opcheck():
     torch.library.opcheck(torch.ops.gcrepro.gc_block.default, tuple(bf16))
 
 
-def test_backward_op_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_opcheck(device):
     # gcrepro::gc_block_backward on its own (the autograd kernel calls it through the dispatcher):
     # schema, fake kernel (grad_in [0] without relu, out's layout with it), torch.compile tracing
+    if not ops.fused_available(device):
+        pytest.fail(f"the compiled GC op is not built for {device}")
     for relu, layout in ((True, "contiguous"), (False, "contiguous"), (True, "channels_last")):
-        args = _op_args(2, residual=relu)
+        args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _op_args(2, residual=relu)]
         args[-1] = relu
         if layout == "channels_last":
             args[0] = args[0].contiguous(memory_format=torch.channels_last)
