@@ -33,8 +33,9 @@ PROFILES: dict[str, Profile] = {
             "box_conv_dim": 64, "mask_conv_dim": 64,
             # model: from-scratch init (paper: an ImageNet backbone with stem + layer1 frozen)
             "zero_init_residual": True, "frozen_stages": 0,
-            # model: training samplers (paper: 512 RoIs, 2000/2000 proposals)
-            "box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500,
+            # model: training samplers (paper: 512 RoIs, 2000/2000 proposals); the RoI sampler sets the
+            # mask head's RoIs (<= 1/4 of it, positives), the largest cost of a toy step
+            "box_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500,
             # recipe (paper: warmup 500, lr 0.02 per 16 images)
             "warmup_iters": 50, "base_lr": 0.16,
             # run options: toy images load in ms; one compute thread, no loader process beside it

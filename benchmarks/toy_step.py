@@ -1,0 +1,216 @@
+"""Toy-profile train step of table rows 1 and 2, old and new paths side by side in one run.
+
+    python benchmarks/toy_step.py [--trained 60] [--iters 8] [--warmup 2] [--threads 1] [--profile]
+                                  [--out benchmarks/toy_step.json]
+
+Each variant is a model built with ``gcrepro.build_model(row, profile="toy")`` with its own SGD
+optimizer, all starting from the weights of row 1 after ``--trained`` training steps (the mask
+head's work follows the positive RoIs, which an untrained RPN barely finds); row 2's GC blocks keep
+their initialisation, the identity, so row 1 and row 2 start with the same outputs, proposals and
+RoIs and their difference is the GC blocks' cost. All variants then step in turns over the same
+toy-train batches of 2 images (round-robin, so machine load hits them alike), timing forward +
+backward + clip + step. A variant
+fixes the RoIAlign kernel (``GCREPRO_ROI_ALIGN``: torchvision's or ours), the GC implementation
+(fused op or PyTorch reference) and the training samplers (the toy profile's, or the values it had
+before issue 14: ``BEFORE_SAMPLERS``). Prints median s/step per variant and the ratios:
+  step ratio    row 2 now / row 2 before (torchvision RoIAlign, earlier samplers)
+  GC overhead   row 2 / row 1 - 1 with the same kernels and samplers
+``--profile`` also prints torch.profiler's top ops (self CPU) of row 2 before and now. Writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gcrepro.atomic import write_json_atomic
+
+# the toy profile's samplers before issue 14 (gcrepro/profiles.py at 5d6ca23)
+BEFORE_SAMPLERS = {"box_batch_size_per_image": 128, "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500}
+NUM_CLASSES = 6  # the toy set: 5 shapes + background
+LR, WARMUP = 0.02, 50  # the toy profile's: base_lr 0.16 per 16 images at 2 images, linear warmup from 1/3
+
+
+@dataclass
+class Variant:
+    name: str
+    row: int
+    roi_align: str  # GCREPRO_ROI_ALIGN: "torchvision" | "auto" (ours on CPU)
+    gc_impl: str  # "fused" | "reference" (row 1 has no GC block)
+    samplers: dict = field(default_factory=dict)  # ModelConfig overrides ({} = the toy profile's)
+    times: list[float] = field(default_factory=list)  # wall s per step
+    cpu_times: list[float] = field(default_factory=list)  # CPU s of this thread per step
+    mask_rois: list[int] = field(default_factory=list)  # RoIs through the mask head per timed step
+
+
+def variants() -> list[Variant]:
+    before, now = BEFORE_SAMPLERS, {}
+    return [
+        Variant("row 1 before", 1, "torchvision", "fused", before),
+        Variant("row 2 before", 2, "torchvision", "fused", before),
+        Variant("row 1 our RoIAlign", 1, "auto", "fused", before),
+        Variant("row 2 our RoIAlign", 2, "auto", "fused", before),
+        Variant("row 1 now", 1, "auto", "fused", now),
+        Variant("row 2 now", 2, "auto", "fused", now),
+        Variant("row 2 now, reference GC", 2, "auto", "reference", now),
+    ]
+
+
+def toy_batches(count: int) -> list[tuple[list, list]]:
+    from gcrepro.data import CocoInstances, ensure_toy
+    from gcrepro.data.loader import collate
+
+    dataset = CocoInstances(ensure_toy(), split="train", train=True)
+    batches, i = [], 0
+    while len(batches) < count:  # pairs of images that have objects (training skips empty ones)
+        pair = [dataset[i], dataset[i + 1]]
+        i += 2
+        if all(len(t["boxes"]) for _, t in pair):
+            batches.append(collate(pair))
+    return batches
+
+
+class Stepper:
+    """One variant's model and optimizer; ``step(batch)`` -> (wall s, this thread's CPU s)."""
+
+    def __init__(self, v: Variant) -> None:
+        from gcrepro.modeling.build import build_model
+
+        torch.manual_seed(0)
+        self.v = v
+        self.model = build_model(v.row, profile="toy", num_classes=NUM_CLASSES, gc_impl=v.gc_impl, **v.samplers).train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=LR, momentum=0.9, weight_decay=1e-4)
+        self.iteration = 0
+        self.last_mask_rois = 0  # the mask head's work, which follows the positives the sampler finds
+        self.model.roi_heads.mask_head.register_forward_pre_hook(self._count)
+
+    def load_from(self, other: Stepper) -> None:
+        """other's weights (a row 1 model); GC blocks, which row 1 lacks, keep their initialisation."""
+        missing, unexpected = self.model.load_state_dict(other.model.state_dict(), strict=False)
+        if unexpected or any(".context_block." not in k for k in missing):
+            raise RuntimeError(f"toy_step: row {self.v.row} does not take row 1's weights: {unexpected or missing}")
+        self.iteration = other.iteration
+
+    def _count(self, module, args) -> None:
+        self.last_mask_rois = int(args[0].shape[0])
+
+    def step(self, batch) -> tuple[float, float]:
+        os.environ["GCREPRO_ROI_ALIGN"] = self.v.roi_align
+        images, targets = batch
+        for group in self.optimizer.param_groups:
+            group["lr"] = LR * (1 / 3 + 2 / 3 * min(1.0, self.iteration / WARMUP))
+        self.iteration += 1
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        losses = self.model(images, targets)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, max_norm=35.0)
+        self.optimizer.step()
+        return time.perf_counter() - start, time.thread_time() - cpu_start
+
+
+def profile_top(stepper: Stepper, batches, rows: int) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches:
+            stepper.step(batch)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_cpu_pct": round(100 * e.self_cpu_time_total / total, 1),
+             "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / len(batches), 1), "calls": e.count}
+            for e in events[:rows]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trained", type=int, default=60, help="training steps of the weights all variants start from")
+    parser.add_argument("--iters", type=int, default=8, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    parser.add_argument("--threads", type=int, default=1, help="compute threads (toy profile default: 1)")
+    parser.add_argument("--profile", action="store_true", help="also print the top ops of row 2 before and now")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "toy_step.json")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    batches = toy_batches(args.trained + args.warmup + args.iters)
+    train_batches, batches = batches[:args.trained], batches[args.trained:]
+    table = variants()
+    steppers = [Stepper(v) for v in table]
+    start = Stepper(Variant("start", 1, "auto", "fused"))
+    for batch in train_batches:
+        start.step(batch)
+    for s in steppers:
+        s.load_from(start)
+    load_before = os.getloadavg()
+    for i, batch in enumerate(batches):
+        for s in steppers:
+            wall, cpu = s.step(batch)
+            if i >= args.warmup:
+                s.v.times.append(wall)
+                s.v.cpu_times.append(cpu)
+                s.v.mask_rois.append(s.last_mask_rois)
+    load_after = os.getloadavg()
+    med = {v.name: statistics.median(v.times) for v in table}
+    cpu = {v.name: statistics.median(v.cpu_times) for v in table}
+
+    print(f"\ntoy train step, 2 images, {args.threads} thread(s), after {args.trained} training steps, "
+          f"median of {args.iters} steps "
+          f"(load average {load_before[0]:.1f} -> {load_after[0]:.1f})")
+    print("(CPU: this thread's CPU time, which other processes on the machine change less than wall time)")
+    print(f"{'variant':<28} {'RoIAlign':<12} {'GC':<10} {'samplers':<8} {'wall s':>7} {'CPU s':>7} "
+          f"{'CPU vs row 2 before':>20} {'mask RoIs':>10}")
+    for v in table:
+        print(f"{v.name:<28} {v.roi_align:<12} {v.gc_impl if v.row == 2 else '-':<10} "
+              f"{'before' if v.samplers else 'now':<8} {med[v.name]:>7.3f} {cpu[v.name]:>7.3f} "
+              f"{cpu[v.name] / cpu['row 2 before']:>20.2f} {statistics.mean(v.mask_rois):>10.1f}")
+    ratios = {}
+    for kind, m in (("cpu", cpu), ("wall", med)):
+        ratios[kind] = {
+            "step_row2_now_over_before": m["row 2 now"] / m["row 2 before"],
+            "step_row2_roialign_only_over_before": m["row 2 our RoIAlign"] / m["row 2 before"],
+            "gc_overhead_before_pct": 100 * (m["row 2 before"] / m["row 1 before"] - 1),
+            "gc_overhead_our_roialign_pct": 100 * (m["row 2 our RoIAlign"] / m["row 1 our RoIAlign"] - 1),
+            "gc_overhead_now_pct": 100 * (m["row 2 now"] / m["row 1 now"] - 1),
+            "gc_overhead_now_reference_pct": 100 * (m["row 2 now, reference GC"] / m["row 1 now"] - 1),
+        }
+    for k in ratios["cpu"]:
+        print(f"  {k:<40} CPU {ratios['cpu'][k]:8.2f}   wall {ratios['wall'][k]:8.2f}")
+    record = {
+        "benchmark": "toy_step",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "trained": args.trained, "iters": args.iters, "warmup": args.warmup, "threads": args.threads,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "load_average_before": load_before, "load_average_after": load_after,
+        "before_samplers": BEFORE_SAMPLERS,
+        "variants": [{"name": v.name, "row": v.row, "roi_align": v.roi_align, "gc_impl": v.gc_impl,
+                      "samplers": v.samplers or "toy profile", "median_wall_s": med[v.name], "median_cpu_s": cpu[v.name],
+                      "wall_s": v.times, "cpu_s": v.cpu_times, "mask_rois": v.mask_rois}
+                     for v in table],
+        "ratios": ratios,
+    }
+    if args.profile:
+        by_name = {s.v.name: s for s in steppers}
+        record["profile"] = {}
+        for name in ("row 2 before", "row 2 now"):
+            top = profile_top(by_name[name], batches[:3], rows=15)
+            record["profile"][name] = top
+            print(f"\ntop ops (self CPU), {name}, 3 steps:")
+            for t in top:
+                print(f"  {t['self_cpu_pct']:5.1f}%  {t['self_cpu_ms_per_step']:8.1f} ms/step  {t['calls']:5d}  {t['op']}")
+    write_json_atomic(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
