@@ -12,7 +12,8 @@ toy-train batches of 2 images (round-robin, so machine load hits them alike), ti
 backward + clip + step. A variant
 fixes the RoIAlign kernel (``GCREPRO_ROI_ALIGN``: torchvision's or ours), the GC implementation
 (fused op or PyTorch reference) and the training samplers (the toy profile's, or the values it had
-before issue 14: ``BEFORE_SAMPLERS``). Prints median s/step per variant and the ratios:
+before issue 14: ``BEFORE_SAMPLERS``). Prints median s/step per variant and the ratios, each the
+median over the rounds of one variant's step over another's on the same batch:
   step ratio    row 2 now / row 2 before (torchvision RoIAlign, earlier samplers)
   GC overhead   row 2 / row 1 - 1 with the same kernels and samplers
 ``--profile`` also prints torch.profiler's top ops (self CPU) of row 2 before and now. Writes JSON.
@@ -173,16 +174,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v.name:<28} {v.roi_align:<12} {v.gc_impl if v.row == 2 else '-':<10} "
               f"{'before' if v.samplers else 'now':<8} {med[v.name]:>7.3f} {cpu[v.name]:>7.3f} "
               f"{cpu[v.name] / cpu['row 2 before']:>20.2f} {statistics.mean(v.mask_rois):>10.1f}")
+    def paired(a: str, b: str, kind: str) -> float:
+        """median over the rounds of b's step / a's step on the same batch (cancels the batch's own cost)"""
+        va, vb = (next(v for v in table if v.name == n) for n in (a, b))
+        xa, xb = (v.cpu_times if kind == "cpu" else v.times for v in (va, vb))
+        return statistics.median(y / x for x, y in zip(xa, xb))
+
     ratios = {}
-    for kind, m in (("cpu", cpu), ("wall", med)):
+    for kind in ("cpu", "wall"):
         ratios[kind] = {
-            "step_row2_now_over_before": m["row 2 now"] / m["row 2 before"],
-            "step_row2_roialign_only_over_before": m["row 2 our RoIAlign"] / m["row 2 before"],
-            "gc_overhead_before_pct": 100 * (m["row 2 before"] / m["row 1 before"] - 1),
-            "gc_overhead_our_roialign_pct": 100 * (m["row 2 our RoIAlign"] / m["row 1 our RoIAlign"] - 1),
-            "gc_overhead_now_pct": 100 * (m["row 2 now"] / m["row 1 now"] - 1),
-            "gc_overhead_now_reference_pct": 100 * (m["row 2 now, reference GC"] / m["row 1 now"] - 1),
+            "step_row2_now_over_before": paired("row 2 before", "row 2 now", kind),
+            "step_row2_roialign_only_over_before": paired("row 2 before", "row 2 our RoIAlign", kind),
+            "step_row2_samplers_only": paired("row 2 our RoIAlign", "row 2 now", kind),
+            "gc_overhead_before_pct": 100 * (paired("row 1 before", "row 2 before", kind) - 1),
+            "gc_overhead_our_roialign_pct": 100 * (paired("row 1 our RoIAlign", "row 2 our RoIAlign", kind) - 1),
+            "gc_overhead_now_pct": 100 * (paired("row 1 now", "row 2 now", kind) - 1),
+            "gc_overhead_now_reference_pct": 100 * (paired("row 1 now", "row 2 now, reference GC", kind) - 1),
         }
+    print("ratios: median over the rounds of the per-batch ratio")
     for k in ratios["cpu"]:
         print(f"  {k:<40} CPU {ratios['cpu'][k]:8.2f}   wall {ratios['wall'][k]:8.2f}")
     record = {
