@@ -25,15 +25,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ("reference", "fused")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # as gc_op.py --clock
 
 
-def worker(threads: int) -> None:
+def worker(threads: int, clock_name: str) -> None:
     """Answer requests on stdin, one JSON line each: {"shape", "case", "mode", "impl"} -> {"ms"}."""
     import torch
 
     import gc_op  # benchmarks/gc_op.py (this script's folder); gcrepro comes from PYTHONPATH
     from gcrepro import ops
 
+    clock = CLOCKS[clock_name]
     torch.set_num_threads(threads)
     if hasattr(gc_op.ContextBlock, "forward_residual"):  # a build from before ContextBlock(x, identity)
         gc_op.run_block = lambda block, x, r: block(x) if r is None else block.forward_residual(x, r)
@@ -50,20 +52,20 @@ def worker(threads: int) -> None:
         key = (shape, req["case"], req["mode"], req["impl"])
         if key not in numbers:
             fn()  # warm-up
-            start = time.perf_counter()
+            start = clock()
             fn()
-            numbers[key] = max(1, int(gc_op.SAMPLE_S / max(time.perf_counter() - start, 1e-6)))
-        start = time.perf_counter()
+            numbers[key] = max(1, int(gc_op.SAMPLE_S / max(clock() - start, 1e-6)))
+        start = clock()
         for _ in range(numbers[key]):
             fn()
-        print(json.dumps({"ms": (time.perf_counter() - start) * 1e3 / numbers[key]}), flush=True)
+        print(json.dumps({"ms": (clock() - start) * 1e3 / numbers[key]}), flush=True)
 
 
 class Side:
-    def __init__(self, name: str, root: Path, env: dict[str, str], threads: int) -> None:
+    def __init__(self, name: str, root: Path, env: dict[str, str], threads: int, clock: str) -> None:
         self.name = name
         child_env = os.environ | env | {"PYTHONPATH": str(root)}
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads), "--clock", clock]
         self.proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = json.loads(self.proc.stdout.readline())
         self.info["env"] = env
@@ -87,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="toy,paper", help="comma-separated shape sets of gc_op.py")
     parser.add_argument("--rounds", type=int, default=7, help="samples per side and case")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall clock, or each worker thread's CPU time (oversubscribed machines)")
     parser.add_argument("--json", type=Path, default=HERE / "gc_op_ab.json")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from gc_op import CASES, MODES, SHAPE_SETS  # (no gcrepro import in the driver)
 
-    sides = [Side(name, root.resolve(), dict(kv.split("=", 1) for kv in env), args.threads)
+    sides = [Side(name, root.resolve(), dict(kv.split("=", 1) for kv in env), args.threads, args.clock)
              for name, root, env in (("A", args.a_root, args.a_env), ("B", args.b_root, args.b_env))]
     for side in sides:
         print(f"{side.name}: {side.info}")
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         for side in sides:
             side.close()
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "sides": {s.name: s.info for s in sides}, "rounds": args.rounds, "threads": args.threads, "rows": rows}
+              "sides": {s.name: s.info for s in sides}, "rounds": args.rounds, "threads": args.threads,
+              "clock": args.clock, "rows": rows}
     args.json.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.json}")
     return 0
@@ -134,6 +139,6 @@ def print_row(row: dict, header: bool) -> None:
 
 if __name__ == "__main__":
     if "--worker" in sys.argv:
-        worker(int(sys.argv[sys.argv.index("--threads") + 1]))
+        worker(int(sys.argv[sys.argv.index("--threads") + 1]), sys.argv[sys.argv.index("--clock") + 1])
     else:
         sys.exit(main())
