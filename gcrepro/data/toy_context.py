@@ -1,8 +1,8 @@
 """Drawing one toy "context" image: identical discs whose class only a far-away marker decides
 (see ``gcrepro.data.toy`` for the dataset around it; ``gcrepro data toy --kind context``).
 
-The rule. Every image holds one *cue*: an axis-aligned square marker in one of ``K = 3`` colours
-(red, green, blue), and 1..4 *discs*. Every disc of an image has the class of that image's cue
+The rule. Every image holds one *cue*: an axis-aligned square marker (``CUE_SIZE``, 30% of the short
+side) in one of ``K = 3`` colours (red, green, blue), and 1..4 *discs*. Every disc of an image has the class of that image's cue
 (category ``disc_cue_red`` / ``disc_cue_green`` / ``disc_cue_blue``). The discs look the same
 for every class: one colour, one shape, the same size and position distributions, drawn with the
 same random numbers whatever the cue colour is (the colour is drawn first, its draw consumed even
@@ -18,7 +18,7 @@ only that window can do no better than chance (1/K) between them. Only a model t
 What this does NOT claim: a ResNet-50's theoretical receptive field covers a whole toy image from c4
 on, and the FPN's top-down path carries c5 into every level, so the baseline detector is not blind to
 the cue in principle. The argument above is about windows of box + M; how far a network's *effective*
-context reaches is what the experiment measures (README, "A toy task where context matters").
+context reaches is what the experiment measures (README, "A toy task where global context matters").
 
 Each image entry in the annotation file carries its cue (an extra field; pycocotools ignores it)::
 
