@@ -127,7 +127,12 @@ def label_text(label: str, data: DataSpec | None) -> str:
     if label == "coco":
         return "COCO val2017 (comparable with the paper)"
     if label == "toy":
-        what = "the synthetic toy set" if data is None or data.kind == "toy" else f"{name}, toy profile"
+        if data is None or (data.kind == "toy" and name == "toy"):
+            what = "the synthetic toy set"
+        elif data.kind == "toy":
+            what = f"the synthetic toy set in {name}"  # another generator's (toy_context) or seed's set
+        else:
+            what = f"{name}, toy profile"
         return f"toy: {what}; NOT COCO numbers"
     if label == "coco-subset":
         size = f"{data.val_images} val images" if data is not None else "not all of val2017"

@@ -253,3 +253,15 @@ def test_resume_refuses_other_settings_but_not_run_options(tiny_toy: Path, tmp_p
                           num_workers=0, resume=True)
     assert final.name == "iter_0000001.pth"
     assert math.isfinite(gcrepro.read_metrics(work).train_s_per_iter or 0.0)
+
+
+def test_label_text_names_a_toy_set_other_than_the_default() -> None:
+    from gcrepro.data.identity import DataSpec
+    from gcrepro.runspec import label_text
+
+    def spec(name: str) -> DataSpec:
+        return DataSpec(root=f"/data/{name}", kind="toy", name=name, num_classes=4, val_images=2,
+                        val_ids_sha256="0" * 64, val_sha256="0" * 64)
+
+    assert label_text("toy", spec("toy")) == "toy: the synthetic toy set; NOT COCO numbers"
+    assert label_text("toy", spec("toy_context")) == "toy: the synthetic toy set in toy_context; NOT COCO numbers"
