@@ -37,6 +37,7 @@ class ProgressView:
         self.lock = threading.Lock()
         self.running: dict[str, _Running] = {}
         self.ended: list[tuple[str, str]] = []  # (key, summary line) not yet written
+        self.last_lines: list[str] = []  # lines mode: a notebook's final state, read as it ended, not yet written
         self.live = None
         if mode == "bar":
             self.live = self._rich()
@@ -59,18 +60,32 @@ class ProgressView:
     def notebook(self, key: str, name: str) -> None:
         with self.lock:
             if key in self.running:
+                self._keep_last(self.running[key])
                 self.running[key].notebook, self.running[key].since = name, time.time()
 
     def finished(self, key: str, line: str) -> None:
         with self.lock:
+            if key in self.running:
+                self._keep_last(self.running[key])
             self.ended.append((key, line))
+
+    def _keep_last(self, entry: _Running) -> None:
+        """Lines mode, as a notebook ends (under the lock): its final state, unless already shown. The next
+        notebook overwrites progress.json, and a short stage can end between two polls."""
+        state = self._state(entry) if self.mode == "lines" and entry.notebook else None
+        line = self._new_line(entry, state) if state is not None else None
+        if line is not None:
+            self.last_lines.append(line)
 
     # --- main thread ---------------------------------------------------------------------------
     def poll(self) -> None:
         with self.lock:
             ended, self.ended = self.ended, []
+            last_lines, self.last_lines = self.last_lines, []
             gone = [self.running.pop(key, None) for key, _ in ended]
             running = dict(self.running)
+        for line in last_lines:
+            self._write(line)
         for entry, (_, line) in zip(gone, ended):
             if self.live is not None and entry is not None and entry.task is not None:
                 self.live.remove_task(entry.task)
@@ -98,12 +113,21 @@ class ProgressView:
         return state
 
     def _line(self, entry: _Running, state: dict[str, Any]) -> None:
+        with self.lock:
+            line = self._new_line(entry, state)
+        if line is not None:
+            self._write(line)
+
+    @staticmethod
+    def _new_line(entry: _Running, state: dict[str, Any]) -> str | None:
+        """The line for ``state`` when it passed a multiple of ``every``, its total, or changed state; else None."""
         every = max(1, int(state.get("every") or 1))
         bucket = state["done"] // every if state["done"] < state["total"] else "end"
         key = (state["stage"], bucket, state["state"])
-        if key != entry.shown:
-            entry.shown = key
-            self._write(f"{entry.label} {describe(state)}")
+        if key == entry.shown:
+            return None
+        entry.shown = key
+        return f"{entry.label} {describe(state)}"
 
     def _row(self, entry: _Running, state: dict[str, Any] | None) -> None:
         name = f"{entry.label} {entry.notebook}"
