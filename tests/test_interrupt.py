@@ -68,7 +68,7 @@ def test_ctrl_c_in_gcrepro_train(toy: Path, tmp_path: Path) -> None:
     work = tmp_path / "run"
     # far more iterations than the test lets it run: the SIGINT must land while it trains, however fast the machine
     tiny = ["--set", "min_size=64", "--set", "max_size=96", "--set", "checkpoint_interval=2", "--set", "num_workers=1",
-            "--set", "max_iters=2000"]
+            "--set", "epochs=500"]
     proc = _start(["train", "1", "--data", str(toy), "--work-dir", str(work), *tiny, "--progress", "lines"], tmp_path)
     _wait_training(proc, work, at_least=3)
     took, started = _ctrl_c(proc)
@@ -90,9 +90,9 @@ def test_ctrl_c_in_table_run_then_the_same_command_finishes_what_was_left(toy: P
     argv = ["table", "run", "--rows", "2", "--data", str(toy), "--runs-dir", str(runs), "--progress", "lines",
             "--set", "overrides.min_size=64", "--set", "overrides.max_size=96", "--set", "num_images=1",
             "--set", "overrides.checkpoint_interval=2", "--set", "overrides.num_workers=1",
-            # long enough that the SIGINT lands while it trains on a quiet machine (10 iterations took < 2 s),
+            # 48 iterations: the SIGINT lands while it trains on a quiet machine (10 iterations took < 2 s),
             # short enough for the re-run to train the rest in seconds
-            "--set", "overrides.max_iters=60"]
+            "--set", "overrides.epochs=12"]
     first = tmp_path / "first"
     first.mkdir()
     t0 = time.monotonic()
