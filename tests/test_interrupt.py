@@ -35,7 +35,15 @@ def toy(tmp_path_factory) -> Path:
 def _start(argv: list[str], out: Path) -> subprocess.Popen:
     """``gcrepro ARGV`` in a new session (its own foreground group, as a terminal runs it)."""
     return subprocess.Popen([sys.executable, "-m", "gcrepro.cli", *argv], stdout=open(out / "stdout.txt", "w"),
-                            stderr=open(out / "stderr.txt", "w"), start_new_session=True, env=dict(os.environ))
+                            stderr=open(out / "stderr.txt", "w"), start_new_session=True, env=dict(os.environ),
+                            preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal() -> None:
+    """SIGINT at its default, as a shell at a terminal starts a command. A test run started in the background by a
+    non-interactive shell (``make test &``, some CI runners) inherits SIGINT *ignored*, and Python then never raises
+    KeyboardInterrupt: Ctrl-C would be tested in a process that cannot receive it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_training(proc: subprocess.Popen, run_dir: Path, *, at_least: int, timeout_s: float = 300.0) -> None:
