@@ -85,12 +85,20 @@ def run_command(prog: str, body: Callable[[], int], *, debug: bool, folder: Path
     from gcrepro.engine.logs import append_traceback
     from gcrepro.run_dir import as_run_dir_error
 
+    from gcrepro import ctrl_c
+
     try:
-        return body()
+        with ctrl_c.watch():
+            return body()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as err:
+        if ctrl_c.received():  # an error the Ctrl-C caused (a loader worker that died of it first): still interrupted
+            if folder is not None:
+                append_traceback(folder, err, command=f"{prog} (after Ctrl-C)")
+            print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+            return 130
         if debug:
             raise
         if isinstance(err, user_errors()):

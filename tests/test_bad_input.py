@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,10 @@ class _RunsCode:
         return (os.system, ("echo pwned",))
 
 
+# the same 4096 "random" bytes on every run (os.urandom made one run in ~120 hit a MemoryError that others never saw)
+_NOISE = bytes(np.random.default_rng(2026).integers(0, 256, 4096, dtype=np.uint8))
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -113,7 +118,10 @@ CASES = [
     Case("checkpoint missing", lambda w: ["eval", "1", "--checkpoint", w.p("none.pth"), "--work-dir", w.p("r")],
          lambda w: [w.p("none.pth")]),
     Case("checkpoint of random bytes", lambda w: ["eval", "1", "--checkpoint", w.p("noise.pth"), "--work-dir", w.p("r")],
-         lambda w: ["noise.pth"], setup=lambda w: _write(w.root / "noise.pth", os.urandom(4096))),
+         lambda w: ["noise.pth"], setup=lambda w: _write(w.root / "noise.pth", _NOISE)),
+    Case("checkpoint with a length field of 2**61", lambda w: ["eval", "1", "--checkpoint", w.p("huge.pth"),
+                                                                 "--work-dir", w.p("r")],
+         lambda w: ["huge.pth"], setup=lambda w: _write(w.root / "huge.pth", b"\x80\x04\x8d" + (2**61).to_bytes(8, "little"))),
     Case("truncated checkpoint", lambda w: ["eval", "1", "--checkpoint", w.p("cut.pth"), "--work-dir", w.p("r")],
          lambda w: ["cut.pth"], setup=lambda w: _write(w.root / "cut.pth", w.checkpoint.read_bytes()[:50_000])),
     Case("a pickle that would run code", lambda w: ["eval", "1", "--checkpoint", w.p("evil.pth"), "--work-dir", w.p("r")],
@@ -121,7 +129,7 @@ CASES = [
     Case("checkpoint of another entry", lambda w: ["eval", "2", "--checkpoint", str(w.checkpoint), "--work-dir", w.p("r")],
          lambda w: ["mask_rcnn_r50_fpn_1x", "mask_rcnn_r50_fpn_gc_r16_1x"]),
     Case("convert: random bytes", lambda w: ["convert", w.p("noise.pth"), "--out", w.p("out.pth")],
-         lambda w: ["noise.pth"], setup=lambda w: _write(w.root / "noise.pth", os.urandom(4096))),
+         lambda w: ["noise.pth"], setup=lambda w: _write(w.root / "noise.pth", _NOISE)),
     Case("convert: another architecture than --entry", lambda w: ["convert", str(w.checkpoint), "--out", w.p("o.pth"),
                                                                   "--entry", "24"],
          lambda w: ["layer3", "X101"]),

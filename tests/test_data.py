@@ -384,3 +384,27 @@ def test_describe_data(toy, tmp_path, monkeypatch):
     (coco / "annotations" / "instances_val2017.json").write_text('{"images": [], "categories": []}')
     with pytest.raises(DataError, match="'categories' is empty"):
         describe_data(coco, splits=("val",))
+
+
+class _SigintDisposition(torch.utils.data.Dataset):
+    """Each item: whether SIGINT is ignored in the process that loads it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        import signal
+
+        return torch.zeros(3, 4, 4), {"ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
+
+    def aspect_ratios(self) -> list[float]:
+        return [1.0, 1.0]
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
+    # a worker that died of the terminal's SIGINT first made the main process fail ("worker exited unexpectedly")
+    for train in (True, False):
+        loader = build_loader(_SigintDisposition(), batch_size=1, train=train, num_workers=1, seed=0, distributed=False)
+        if train:
+            set_epoch(loader, 0)
+        assert all(t["ignored"] for _, targets in loader for t in targets)

@@ -97,6 +97,24 @@ def _globals_of_pickle(stream: io.BufferedIOBase, found: list[str]) -> None:
             found.append(_global_name(*strings[-2:]) if len(strings) >= 2 else "<a global built on the stack>")
 
 
+class _Bounded:
+    """A binary file whose ``read(n)`` never asks for more than what is left: a corrupt length field of 2**60
+    (random bytes read as BINUNICODE8, say) must end as a truncation, not as a MemoryError."""
+
+    def __init__(self, f: io.BufferedIOBase, size: int) -> None:
+        self.f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self.size - self.f.tell(), 0)
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.f.readline()
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 def pickle_globals(path: Path) -> list[str]:
     """Every class or function the checkpoint's pickles name (zip or legacy torch format, or a bare pickle)."""
     found: list[str] = []
@@ -109,15 +127,16 @@ def pickle_globals(path: Path) -> list[str]:
                 _globals_of_pickle(io.BytesIO(archive.read(name)), found)
                 return found
         with open(path, "rb") as f:
+            bounded = _Bounded(f, path.stat().st_size)
             for i in range(_LEGACY_PICKLES):
                 try:
-                    _globals_of_pickle(f, found)
+                    _globals_of_pickle(bounded, found)
                 except ValueError:
                     if i == 0:
                         raise
                     break  # the end of a bare pickle, the storage bytes after the last one, or a truncation
         return found
-    except (ValueError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError, MemoryError) as err:
         raise _unreadable(path, err) from None
 
 

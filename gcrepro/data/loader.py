@@ -12,6 +12,8 @@ shard (see ``ShardSampler``) and together the ranks cover every image once.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
@@ -22,6 +24,13 @@ def collate(batch: list[tuple]) -> tuple[list, list]:
     """[(image, target), ...] -> ([image, ...], [target, ...]) (images keep their own sizes)."""
     images, targets = zip(*batch)
     return list(images), list(targets)
+
+
+def ignore_ctrl_c_in_worker(worker_id: int) -> None:
+    """A loader worker ignores SIGINT: Ctrl-C at a terminal reaches the whole process group, and a worker that
+    died of it first made the main process fail with "DataLoader worker exited unexpectedly" instead of
+    stopping as interrupted. The main process's KeyboardInterrupt shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _rank_and_world(distributed: bool, rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -85,6 +94,7 @@ def build_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         generator=loader_generator,
+        worker_init_fn=ignore_ctrl_c_in_worker if num_workers > 0 else None,
         persistent_workers=False,  # each epoch's workers copy the dataset's current epoch
     )
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gcrepro import ctrl_c
 from gcrepro.atomic import atomic_open, fsync_dir
 from gcrepro.run_dir import as_run_dir_error
 
@@ -66,8 +67,9 @@ def save_checkpoint(work_dir: str | Path, state: dict[str, Any], *, iteration: i
     folder = checkpoint_dir(work_dir)
     path = folder / iter_checkpoint_name(iteration)
     try:
-        atomic_torch_save(state, path)
-        _atomic_link(path, folder / LATEST)
+        with ctrl_c.deferred():  # a Ctrl-C during the write stops the run after it, with this checkpoint whole
+            atomic_torch_save(state, path)
+            _atomic_link(path, folder / LATEST)
     except Exception as err:  # a full disk inside torch.save surfaces as "unexpected pos ..."; say what it is
         translated = as_run_dir_error(err, Path(work_dir), writing=path)
         if translated is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gcrepro import ctrl_c
 from gcrepro.engine import dist
 from gcrepro.engine.evaluate import COCOEvaluator
 
@@ -84,7 +85,8 @@ def run_inference(
             tick = time.perf_counter()
     except BaseException:
         if shown is not None:
-            shown.close("interrupted" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "failed")
+            shown.close("interrupted" if isinstance(sys.exc_info()[1], KeyboardInterrupt) or ctrl_c.received()
+                        else "failed")
         raise
     if shown is not None:
         shown.close("done")

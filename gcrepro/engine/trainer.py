@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gcrepro import ctrl_c
 from gcrepro.engine import checkpoint as ckpt
 from gcrepro.engine import dist
 from gcrepro.engine.epoch_data import EpochBatches
@@ -307,7 +308,7 @@ class ProgressHook(Hook):
     def on_error(self, trainer: Trainer) -> None:
         if self.progress is None:
             return
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt) or ctrl_c.received()
         self.progress.close("interrupted" if interrupted else "failed")
         self.progress = None
         if interrupted:

@@ -1,0 +1,69 @@
+"""Whether Ctrl-C (SIGINT) has reached this process, so that an error it caused still ends as "interrupted".
+
+Ctrl-C at a terminal signals the whole process group. A loader worker or a child that dies of it first can make the
+main process fail with a secondary error ("DataLoader worker (pid 941208) exited unexpectedly", a broken pipe)
+instead of the KeyboardInterrupt; :func:`watch` records the signal so that the command still reports "interrupted",
+exits 130 and leaves its run resumable. Inside :func:`deferred` (a checkpoint being written) the KeyboardInterrupt
+waits until the block is done. Outside :func:`watch` (a notebook kernel, a library user's own handler)
+:func:`received` is False and nothing is changed.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+_received_at: float | None = None
+_deferring = 0  # depth of deferred() blocks
+_pending = False  # a SIGINT arrived inside one
+
+
+def received() -> bool:
+    """True once SIGINT arrived inside :func:`watch` in this process (until the next :func:`watch` begins)."""
+    return _received_at is not None
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _received_at, _pending
+    if _received_at is None:
+        _received_at = time.monotonic()
+    if _deferring:
+        _pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A Ctrl-C inside the block is raised when the block ends (a checkpoint is written whole, then the command
+    stops). Under :func:`watch` only; elsewhere the block runs as it is."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if _deferring == 0 and _pending:
+        _pending = False
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def watch() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt as Python's default handler does, and is remembered. Only in the main thread
+    and where SIGINT is at Python's default handler (never over a handler someone else installed, nor where the
+    parent left SIGINT ignored)."""
+    global _received_at
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if not in_main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    _received_at, _pending = None, False
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
