@@ -34,11 +34,13 @@ PROFILES: dict[str, Profile] = {
             # model: from-scratch init (paper: an ImageNet backbone with stem + layer1 frozen)
             "zero_init_residual": True, "frozen_stages": 0,
             # model: training samplers (paper: 512 RoIs, 2000/2000 proposals); the RoI sampler sets the
-            # mask head's RoIs (<= 1/4 of it, positives), the largest cost of a toy step
-            "box_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500,
+            # mask head's RoIs (<= 1/4 of it, positives), the largest cost of a toy step (128 -> 64 -> 32
+            # in issue 14: a toy image holds a few objects, 8 positive RoIs each still cover them)
+            "box_batch_size_per_image": 32, "rpn_pre_nms_top_n_train": 500, "rpn_post_nms_top_n_train": 500,
             # recipe (paper: warmup 500, lr 0.02 per 16 images)
             "warmup_iters": 50, "base_lr": 0.16,
             # run options: toy images load in ms; one compute thread, no loader process beside it
+            # (channels_last measured 0.94-1.00x the NCHW step: not worth a layout change, benchmarks/RESULTS.md)
             "num_workers": 0, "cpu_threads": 1, "log_interval": 10,
         },
         schedule_divisor=6,  # 1x: 12 -> 2 epochs, 2x: 24 -> 4

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 
 import pytest
 import torch
@@ -38,6 +39,31 @@ def test_lr_scaling_and_optimizer() -> None:
     opt = build_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4)
     group = opt.param_groups[0]
     assert (group["momentum"], group["weight_decay"], len(group["params"])) == (0.9, 1e-4, 3)
+
+
+def test_fused_sgd_makes_the_for_loop_sgds_update() -> None:
+    """build_optimizer uses torch's fused SGD on the CPU; its steps (momentum, weight decay, a changing lr) stay
+    with those of torch's for-loop SGD, the oracle, to float32 rounding relative to each parameter's scale."""
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.Conv2d(8, 4, 1))
+    loop_model, start = copy.deepcopy(fused_model), copy.deepcopy(fused_model)
+    fused = build_optimizer(fused_model, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    loop = torch.optim.SGD(loop_model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4, foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for step in range(6):
+        x = torch.randn(2, 3, 9, 9)
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            for group in opt.param_groups:
+                group["lr"] = 0.02 * (step + 1) / 6  # a warmup, as the schedule sets it
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for (name, a), b, a0 in zip(fused_model.named_parameters(), loop_model.parameters(), start.parameters()):
+        a, b, a0 = a.detach(), b.detach(), a0.detach()
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * float(b.abs().max()), msg=name)
+        assert float((b - a0).abs().max()) > 1e3 * 1e-6 * float(b.abs().max()), name  # the steps moved it, far more
+    moments = [fused.state[p]["momentum_buffer"] for p in fused_model.parameters()]
+    assert all(m is not None and float(m.abs().max()) > 0 for m in moments)  # the same state keys as the loop's
 
 
 def _cli(argv: list[str]) -> int:

@@ -98,18 +98,19 @@ def test_resolution_order_paper_then_profile_then_user(tiny_toy: Path) -> None:
     assert paper.differences_from_paper() == {}
     assert paper.label == "toy"  # the paper's profile on the toy set is still toy data
 
-    toy = resolve_run(entry.name, data=tiny_toy, profile="toy", overrides=["box_batch_size_per_image=32"])
+    toy = resolve_run(entry.name, data=tiny_toy, profile="toy", overrides=["box_batch_size_per_image=48"])
     table = profiles.PROFILES["toy"].overrides
+    assert table["box_batch_size_per_image"] != 48  # else the override below would prove nothing
     for key, value in table.items():
         part = toy.model if hasattr(toy.model, key) else toy.train
-        expected = 32 if key == "box_batch_size_per_image" else value  # the user's override wins
+        expected = 48 if key == "box_batch_size_per_image" else value  # the user's override wins
         assert getattr(part, key) == expected, key
     assert toy.train.epochs == entry.epochs // 6
     assert toy.train.lr_steps == pytest.approx(tuple(s * toy.train.epochs / entry.epochs for s in entry.lr_steps), abs=1e-3)
     diffs = toy.differences_from_paper()
-    assert diffs["box_batch_size_per_image"] == {"paper": 512, "used": 32}
+    assert diffs["box_batch_size_per_image"] == {"paper": 512, "used": 48}
     assert "num_workers" not in diffs and "cpu_threads" not in diffs  # run options are not differences
-    assert toy.overrides == {"box_batch_size_per_image": 32}
+    assert toy.overrides == {"box_batch_size_per_image": 48}
 
     # epochs without lr_steps keeps the steps at the same fractions of the run; with lr_steps, as given.
     six = resolve_run(1, data=tiny_toy, profile="paper", overrides=["epochs=6"])
