@@ -9,7 +9,12 @@
 
 #include <ATen/ATen.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <array>
+#include <cstdint>
 #include <tuple>
 
 namespace gcrepro {
@@ -55,10 +60,37 @@ inline Tensor in_layout(const Tensor& t, bool nhwc) {
   return nhwc ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
 }
 
+// CPU outputs of at least this many bytes ask for transparent huge pages (below).
+constexpr size_t kHugePageOutputBytes = size_t(4) << 20;
+
+// A fresh large CPU output (glibc hands out untouched mmap pages above ~32 MiB) otherwise takes a
+// page fault per 4 KiB on its first write: at the paper's c3 shape (62 MB) that was most of the
+// block's forward (benchmarks/RESULTS.md, 2026-11-30). Advising the 2 MiB-aligned interior of the
+// buffer as MADV_HUGEPAGE (where THP is "madvise", as on most distributions) lets the kernel back it
+// with huge pages instead: one fault per 2 MiB. Advice only: nothing changes where THP is off.
+inline void advise_huge_pages(const Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t bytes = t.nbytes();
+  if (!t.is_cpu() || bytes < kHugePageOutputBytes) {
+    return;
+  }
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
+  if (last > first) {
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // (a failure only loses the advice)
+  }
+#else
+  (void)t;
+#endif
+}
+
 // An empty [N, C, H, W] tensor with the dense layout the kernels write.
 inline Tensor empty_4d(const Tensor& like, bool nhwc) {
-  return at::empty(like.sizes(), like.options().memory_format(
-                                     nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  Tensor out = at::empty(like.sizes(), like.options().memory_format(
+                                           nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  advise_huge_pages(out);
+  return out;
 }
 
 // The dtypes every kernel is compiled for (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16)). Not
