@@ -60,14 +60,17 @@ inline Tensor in_layout(const Tensor& t, bool nhwc) {
   return nhwc ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
 }
 
-// CPU outputs of at least this many bytes ask for transparent huge pages (below).
-constexpr size_t kHugePageOutputBytes = size_t(4) << 20;
+// CPU outputs of at least this many bytes ask for transparent huge pages (below): glibc's largest mmap
+// threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX). Above it every allocation is a fresh mmap whose pages
+// all fault on first touch; below it glibc raises its threshold as large blocks are freed and hands the
+// same, already faulted-in heap memory back, where the advice measured slower (c4 31 MB, c5 15 MB).
+constexpr size_t kHugePageOutputBytes = size_t(32) << 20;
 
-// A fresh large CPU output (glibc hands out untouched mmap pages above ~32 MiB) otherwise takes a
-// page fault per 4 KiB on its first write: at the paper's c3 shape (62 MB) that was most of the
-// block's forward (benchmarks/RESULTS.md, 2026-11-30). Advising the 2 MiB-aligned interior of the
-// buffer as MADV_HUGEPAGE (where THP is "madvise", as on most distributions) lets the kernel back it
-// with huge pages instead: one fault per 2 MiB. Advice only: nothing changes where THP is off.
+// A fresh large CPU output otherwise takes a page fault per 4 KiB on its first write: at the paper's c3
+// shape (62 MB) that was most of the block's forward (benchmarks/RESULTS.md, 2026-11-30). Advising the
+// 2 MiB-aligned interior of the buffer as MADV_HUGEPAGE (where THP is "madvise", as on most
+// distributions) lets the kernel back it with huge pages instead: one fault per 2 MiB. Advice only:
+// nothing changes where THP is off.
 inline void advise_huge_pages(const Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const size_t bytes = t.nbytes();
