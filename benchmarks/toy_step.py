@@ -8,14 +8,21 @@ optimizer, all starting from the weights of row 1 after ``--trained`` training s
 head's work follows the positive RoIs, which an untrained RPN barely finds); row 2's GC blocks keep
 their initialisation, the identity, so row 1 and row 2 start with the same outputs, proposals and
 RoIs and their difference is the GC blocks' cost. All variants then step in turns over the same
-toy-train batches of 2 images (round-robin, so machine load hits them alike; the same random seed for
-every variant in a round, so their samplers draw alike), timing forward + backward + clip + step. A variant fixes the RoIAlign kernel (``GCREPRO_ROI_ALIGN``: torchvision's
-or ours), the GC implementation (fused op or PyTorch reference), the RoI sampler's size
-(``box_batch_size_per_image``: 128 before issue 14, then 64, now the toy profile's) and the memory
-format (NCHW, the toy profile's; one variant tries channels_last) and the optimizer (the engine's fused
-SGD, or torch's for-loop SGD as before). The variants of row 2 add one change at a time, in the order
-they landed. Prints median s/step per variant and the ratios, each the median over the rounds of one variant's step over another's on the same batch:
-  step ratio    row 2 now / row 2 before (torchvision RoIAlign, earlier samplers, NCHW)
+toy-train batches of 2 images (round-robin, so machine load hits them alike; the same random seed
+for every variant in a round, so their samplers draw alike), timing forward + backward + clip +
+step. A variant fixes
+- the RoIAlign kernel (``GCREPRO_ROI_ALIGN``: torchvision's or ours);
+- the GC implementation (fused op or PyTorch reference);
+- the RoI sampler's size (``box_batch_size_per_image``: 128 before issue 14, then 64, now the toy
+  profile's);
+- the optimizer step (the engine's fused SGD and gradient clip, or torch's for-loop SGD and
+  ``clip_grad_norm_`` as before);
+- the frozen-statistics BN's arithmetic (batch_norm's eval kernel, or x * scale + shift as before);
+- the memory format (NCHW, the toy profile's; one variant tries channels_last).
+The variants of row 2 add one change at a time, in the order they landed. Prints median s/step
+per variant and the ratios, each the median over the rounds of one variant's step over another's
+on the same batch:
+  step ratio    row 2 now / row 2 before (torchvision RoIAlign, 128 RoIs, for-loop SGD, mul+add BN)
   GC overhead   row 2 / row 1 - 1 with the same kernels, samplers and memory format
 ``--profile`` also prints torch.profiler's top ops (self CPU) of row 2 before and now. Writes JSON.
 """
@@ -55,7 +62,8 @@ class Variant:
     gc_impl: str  # "fused" | "reference" (row 1 has no GC block)
     samplers: dict = field(default_factory=dict)  # ModelConfig overrides ({} = the toy profile's)
     channels_last: bool | None = None  # memory format (None: the toy profile's run option)
-    fused_sgd: bool = True  # the engine's optimizer (gcrepro.engine.recipe.build_optimizer), or the for-loop SGD
+    fused_sgd: bool = True  # the engine's optimizer and clip (gcrepro.engine.recipe), or torch's for-loop SGD
+    bn_kernel: bool = True  # frozen-statistics BN by batch_norm's eval kernel (now), or x * scale + shift (before)
     times: list[float] = field(default_factory=list)  # wall s per step
     cpu_times: list[float] = field(default_factory=list)  # CPU s of this thread per step
     mask_rois: list[int] = field(default_factory=list)  # RoIs through the mask head per timed step
@@ -67,22 +75,34 @@ class Variant:
     @property
     def settings(self) -> str:
         rois = (self.samplers or {}).get("box_batch_size_per_image", "toy")
-        return f"RoIs {rois}, {'NHWC' if self.channels_last else 'NCHW'}, {'fused' if self.fused_sgd else 'loop'}"
+        return (f"RoIs {rois}, {'NHWC' if self.channels_last else 'NCHW'}, {'fused' if self.fused_sgd else 'loop'}, "
+                f"{'bn' if self.bn_kernel else 'mul+add'}")
+
+
+OLD_ENGINE = {"channels_last": False, "fused_sgd": False, "bn_kernel": False}  # before issue 14
 
 
 def variants() -> list[Variant]:
     before, now = BEFORE_SAMPLERS, {}
     return [
-        Variant("row 1 before", 1, "torchvision", "fused", before, channels_last=False, fused_sgd=False),
-        Variant("row 2 before", 2, "torchvision", "fused", before, channels_last=False, fused_sgd=False),
-        Variant("row 2 our RoIAlign", 2, "auto", "fused", before, channels_last=False, fused_sgd=False),
-        Variant("row 2 + 64 RoIs", 2, "auto", "fused", SAMPLER_64, channels_last=False, fused_sgd=False),
-        Variant("row 2 + fused SGD", 2, "auto", "fused", SAMPLER_64, channels_last=False),
+        Variant("row 1 before", 1, "torchvision", "fused", before, **OLD_ENGINE),
+        Variant("row 2 before", 2, "torchvision", "fused", before, **OLD_ENGINE),
+        Variant("row 2 our RoIAlign", 2, "auto", "fused", before, **OLD_ENGINE),
+        Variant("row 2 + 64 RoIs", 2, "auto", "fused", SAMPLER_64, **OLD_ENGINE),
+        Variant("row 2 + fused SGD", 2, "auto", "fused", SAMPLER_64, channels_last=False, bn_kernel=False),
+        Variant("row 2 + BN kernel", 2, "auto", "fused", SAMPLER_64, channels_last=False),
         Variant("row 1 now", 1, "auto", "fused", now),
         Variant("row 2 now", 2, "auto", "fused", now),
         Variant("row 2 now, reference GC", 2, "auto", "reference", now),
         Variant("row 2 now, channels_last", 2, "auto", "fused", now, channels_last=True),  # tried, not adopted
     ]
+
+
+def _scale_shift(self, x: torch.Tensor) -> torch.Tensor:
+    """FrozenStatsBatchNorm2d.forward before issue 14 (torchvision FrozenBatchNorm2d's arithmetic)."""
+    scale = self.weight * (self.running_var + self.eps).rsqrt()  # [C]
+    shift = self.bias - self.running_mean * scale  # [C]
+    return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
 
 def toy_batches(count: int) -> list[tuple[list, list]]:
@@ -110,6 +130,12 @@ class Stepper:
         self.model = build_model(v.row, profile="toy", num_classes=NUM_CLASSES, gc_impl=v.gc_impl, **v.samplers).train()
         if v.channels_last:  # as the engine applies the run option (gcrepro/engine/api.py)
             self.model = self.model.to(memory_format=torch.channels_last)
+        if not v.bn_kernel:
+            from gcrepro.modeling.norm import FrozenStatsBatchNorm2d
+
+            for m in self.model.modules():
+                if isinstance(m, FrozenStatsBatchNorm2d):
+                    m.forward = _scale_shift.__get__(m)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if v.fused_sgd:
             from gcrepro.engine.recipe import build_optimizer
@@ -142,7 +168,12 @@ class Stepper:
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, max_norm=35.0)
+        if self.v.fused_sgd:  # the engine's step (gcrepro.engine.trainer)
+            from gcrepro.engine.recipe import clip_grad_norm
+
+            clip_grad_norm(self.params, max_norm=35.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, max_norm=35.0)
         self.optimizer.step()
         return time.perf_counter() - start, time.thread_time() - cpu_start
 
@@ -197,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.iters} steps "
           f"(load average {load_before[0]:.1f} -> {load_after[0]:.1f})")
     print("(CPU: this thread's CPU time, which other processes on the machine change less than wall time)")
-    print(f"{'variant':<28} {'RoIAlign':<12} {'GC':<10} {'samplers, format, SGD':<25} {'wall s':>7} {'CPU s':>7} "
-          f"{'CPU vs row 2 before':>20} {'mask RoIs':>10}")
+    print(f"{'variant':<28} {'RoIAlign':<12} {'GC':<10} {'RoIs, format, SGD, frozen BN':<35} {'wall s':>7} "
+          f"{'CPU s':>7} {'CPU vs row 2 before':>20} {'mask RoIs':>10}")
     for v in table:
         print(f"{v.name:<28} {v.roi_align:<12} {v.gc_impl if v.row == 2 else '-':<10} "
-              f"{v.settings:<25} {med[v.name]:>7.3f} {cpu[v.name]:>7.3f} "
+              f"{v.settings:<35} {med[v.name]:>7.3f} {cpu[v.name]:>7.3f} "
               f"{cpu[v.name] / cpu['row 2 before']:>20.2f} {statistics.mean(v.mask_rois):>10.1f}")
     def paired(a: str, b: str, kind: str) -> float:
         """median over the rounds of b's step / a's step on the same batch (cancels the batch's own cost)"""
@@ -224,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             "step_row2_roialign_only_over_before": paired("row 2 before", "row 2 our RoIAlign", kind),
             "step_row2_sampler_64_over_previous": paired("row 2 our RoIAlign", "row 2 + 64 RoIs", kind),
             "step_row2_fused_sgd_over_previous": paired("row 2 + 64 RoIs", "row 2 + fused SGD", kind),
-            "step_row2_now_over_previous": paired("row 2 + fused SGD", "row 2 now", kind),
+            "step_row2_bn_kernel_over_previous": paired("row 2 + fused SGD", "row 2 + BN kernel", kind),
+            "step_row2_now_over_previous": paired("row 2 + BN kernel", "row 2 now", kind),
             "step_row2_channels_last_over_now": paired("row 2 now", "row 2 now, channels_last", kind),
             "gc_overhead_before_pct": 100 * (paired("row 1 before", "row 2 before", kind) - 1),
             "gc_overhead_now_pct": 100 * (paired("row 1 now", "row 2 now", kind) - 1),
@@ -248,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "before_samplers": BEFORE_SAMPLERS, "toy_channels_last": _toy_channels_last(),
         "variants": [{"name": v.name, "row": v.row, "roi_align": v.roi_align, "gc_impl": v.gc_impl,
                       "samplers": v.samplers or "toy profile", "channels_last": v.channels_last,
-                      "fused_sgd": v.fused_sgd, "median_wall_s": med[v.name], "median_cpu_s": cpu[v.name],
+                      "fused_sgd": v.fused_sgd, "bn_kernel": v.bn_kernel, "median_wall_s": med[v.name],
+                      "median_cpu_s": cpu[v.name],
                       "wall_s": v.times, "cpu_s": v.cpu_times, "mask_rois": v.mask_rois}
                      for v in table],
         "ratios": ratios,

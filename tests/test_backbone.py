@@ -64,7 +64,10 @@ def test_r50_without_gc_equals_torchvision_resnet50(norm: str, tv_norm: type) ->
     x = torch.randn(1, 3, 64, 96)
     features = nn.Sequential(*list(tv.children())[:-2])
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), features(x), rtol=0, atol=0)
+        want = features(x)
+        # the same convolutions; the norms' arithmetic differs in rounding (FrozenStatsBatchNorm2d runs batch_norm's
+        # eval kernel, torchvision's FrozenBatchNorm2d x * scale + shift), so within float32 rounding of the scale
+        torch.testing.assert_close(ours(x), want, rtol=0, atol=1e-5 * float(want.abs().max()))
 
 
 def test_resnext101_32x4d_has_torchvision_resnext_shapes() -> None:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 
 import pytest
 import torch
 
-from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer, milestone_iters, scale_lr
+from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer, clip_grad_norm, milestone_iters, scale_lr
 
 
 def test_schedule_warmup_from_one_third_and_steps() -> None:
@@ -90,3 +91,24 @@ def test_cli_unknown_entry_is_one_line(tmp_path, capsys: pytest.CaptureFixture) 
     code = _cli(["train", "mask_rcnn_r51_fpn_1x", "--work-dir", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "mask_rcnn_r51_fpn_1x" in err
+
+
+@pytest.mark.parametrize("scale,what", [(1.0, "under max_norm"), (1e3, "clipped"), (float("inf"), "inf")])
+def test_clip_grad_norm_gives_torchs_numbers(scale: float, what: str) -> None:
+    """The trainer's clip (SPEC §4: max_norm 35, L2) against torch.nn.utils.clip_grad_norm_, the oracle: the same
+    norm and the same gradients after it, bit for bit (the same per-tensor norm kernels, the same coefficient)."""
+    torch.manual_seed(0)
+    shapes = [(64, 3, 3, 3), (64,), (256, 64), (1,), (5, 7, 2, 2)]
+    ours = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape) * 0.3 * scale
+        b.grad = a.grad.clone()
+    ours.append(torch.nn.Parameter(torch.zeros(3)))  # a parameter without a gradient (unused this step)
+    norm = clip_grad_norm(ours, max_norm=35.0)
+    want = torch.nn.utils.clip_grad_norm_(theirs, max_norm=35.0, norm_type=2.0)
+    assert norm == float(want) or (math.isnan(norm) and math.isnan(float(want))), what
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad) or (torch.isnan(a.grad).all() and torch.isnan(b.grad).all()), what
+    if what == "clipped":
+        assert float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in theirs]))) < 35.01

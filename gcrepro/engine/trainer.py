@@ -32,7 +32,7 @@ from gcrepro.engine import checkpoint as ckpt
 from gcrepro.engine import dist
 from gcrepro.engine.epoch_data import EpochBatches
 from gcrepro.engine.measure import IterTimer, peak_memory_bytes
-from gcrepro.engine.recipe import WarmupStepSchedule
+from gcrepro.engine.recipe import WarmupStepSchedule, clip_grad_norm
 from gcrepro.runspec import RunSpec
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class Trainer:
         grad_norm: float | None = None
         if self.cfg.grad_clip_norm > 0:
             # SPEC §4: grad_clip max_norm=35, norm_type=2 over all trainable parameters
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm=self.cfg.grad_clip_norm, norm_type=2.0))
+            grad_norm = clip_grad_norm(self.params, max_norm=self.cfg.grad_clip_norm)  # torch's clip_grad_norm_
             if self.scaler is None and not math.isfinite(grad_norm):
                 raise NonFiniteLossError(
                     f"iteration {step}: loss term grad_norm is {grad_norm} (training stopped before this "
