@@ -56,7 +56,7 @@ def watch() -> Iterator[None]:
     """SIGINT raises KeyboardInterrupt as Python's default handler does, and is remembered. Only in the main thread
     and where SIGINT is at Python's default handler (never over a handler someone else installed, nor where the
     parent left SIGINT ignored)."""
-    global _received_at
+    global _received_at, _pending
     in_main_thread = threading.current_thread() is threading.main_thread()
     if not in_main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
