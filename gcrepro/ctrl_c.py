@@ -14,24 +14,30 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 
-_received_at: float | None = None
-_deferring = 0  # depth of deferred() blocks
-_pending = False  # a SIGINT arrived inside one
+
+@dataclass
+class _State:
+    received_at: float | None = None  # when SIGINT arrived inside watch()
+    deferring: int = 0  # depth of deferred() blocks
+    pending: bool = False  # a SIGINT arrived inside one
+
+
+_state = _State()
 
 
 def received() -> bool:
     """True once SIGINT arrived inside :func:`watch` in this process (until the next :func:`watch` begins)."""
-    return _received_at is not None
+    return _state.received_at is not None
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    global _received_at, _pending
-    if _received_at is None:
-        _received_at = time.monotonic()
-    if _deferring:
-        _pending = True
+    if _state.received_at is None:
+        _state.received_at = time.monotonic()
+    if _state.deferring:
+        _state.pending = True
         return
     raise KeyboardInterrupt
 
@@ -40,14 +46,13 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 def deferred() -> Iterator[None]:
     """A Ctrl-C inside the block is raised when the block ends (a checkpoint is written whole, then the command
     stops). Under :func:`watch` only; elsewhere the block runs as it is."""
-    global _deferring, _pending
-    _deferring += 1
+    _state.deferring += 1
     try:
         yield
     finally:
-        _deferring -= 1
-    if _deferring == 0 and _pending:
-        _pending = False
+        _state.deferring -= 1
+    if _state.deferring == 0 and _state.pending:
+        _state.pending = False
         raise KeyboardInterrupt
 
 
@@ -56,12 +61,11 @@ def watch() -> Iterator[None]:
     """SIGINT raises KeyboardInterrupt as Python's default handler does, and is remembered. Only in the main thread
     and where SIGINT is at Python's default handler (never over a handler someone else installed, nor where the
     parent left SIGINT ignored)."""
-    global _received_at, _pending
     in_main_thread = threading.current_thread() is threading.main_thread()
     if not in_main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
-    _received_at, _pending = None, False
+    _state.received_at, _state.pending = None, False
     previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
