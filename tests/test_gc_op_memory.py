@@ -56,6 +56,8 @@ def test_a_large_output_is_advised_as_huge_pages() -> None:
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5 * float(want.abs().max()))  # the advice changes no value
 
 
+@pytest.mark.skipif(os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1",
+                    reason="THP_MEM_ALLOC_ENABLE=1: torch's allocator advises every large allocation itself")
 def test_a_small_output_is_left_alone() -> None:
     x = torch.randn(2, 512, 64, 64)  # 16 MiB, under the threshold (glibc reuses such blocks, faulted in)
     with torch.no_grad():
