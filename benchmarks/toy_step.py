@@ -137,12 +137,14 @@ class Stepper:
                 if isinstance(m, FrozenStatsBatchNorm2d):
                     m.forward = _scale_shift.__get__(m)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if v.fused_sgd:
-            from gcrepro.engine.recipe import build_optimizer
+        if v.fused_sgd:  # the engine's optimizer and clip (gcrepro.engine.trainer)
+            from gcrepro.engine.recipe import build_optimizer, clip_grad_norm
 
             self.optimizer = build_optimizer(self.model, lr=LR, momentum=0.9, weight_decay=1e-4)
+            self.clip = clip_grad_norm
         else:
             self.optimizer = torch.optim.SGD(self.params, lr=LR, momentum=0.9, weight_decay=1e-4, foreach=False)
+            self.clip = torch.nn.utils.clip_grad_norm_
         self.iteration = 0
         self.last_mask_rois = 0  # the mask head's work, which follows the positives the sampler finds
         self.model.roi_heads.mask_head.register_forward_pre_hook(self._count)
@@ -168,12 +170,7 @@ class Stepper:
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if self.v.fused_sgd:  # the engine's step (gcrepro.engine.trainer)
-            from gcrepro.engine.recipe import clip_grad_norm
-
-            clip_grad_norm(self.params, max_norm=35.0)
-        else:
-            torch.nn.utils.clip_grad_norm_(self.params, max_norm=35.0)
+        self.clip(self.params, max_norm=35.0)
         self.optimizer.step()
         return time.perf_counter() - start, time.thread_time() - cpu_start
 

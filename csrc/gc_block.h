@@ -7,7 +7,8 @@
 //
 // Device-generic like gc_ops.h: the context and add passes run the device's `Kernels` (through
 // the op bodies of gc_ops.h, called directly, not through the dispatcher); the transform on
-// [N, C] vectors runs ATen ops in the accumulation dtype (fp32; fp64 for fp64 x), also under
+// [N, C] vectors runs the device's `Kernels` too (CPU: plain loops, cpu/transform_kernels.h; CUDA:
+// ATen ops, AtenTransform below) in the accumulation dtype (fp32; fp64 for fp64 x), also under
 // autocast, which is off inside both ops.
 #pragma once
 
@@ -20,8 +21,8 @@
 namespace gcrepro {
 
 // -> out [N, C, H, W] (x's dtype and layout), and for the backward, in the accumulation dtype:
-// context [N, C], lse [N] (without conv_mask's bias, below), h [N, P] (conv1 output), mean and rstd [N, 1] (LayerNorm statistics of
-// h), a [N, P] (ReLU output).
+// context [N, C], lse [N] (without conv_mask's bias, below), h [N, P] (conv1 output), mean and
+// rstd [N, 1] (LayerNorm statistics of h), a [N, P] (ReLU output).
 using BlockOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // -> grad_x, then the gradient of each parameter shaped and typed like it (mask_w, w1, b1, ln_w,

@@ -82,10 +82,9 @@ def run_command(prog: str, body: Callable[[], int], *, debug: bool, folder: Path
                 run_errors: tuple[type[BaseException], ...] = ()) -> int:
     """``body()``'s exit code; an error ends as the module docstring says. ``folder``: the run folder (its
     log.txt receives an unexpected error's traceback; OS errors of writes in it become one line)."""
+    from gcrepro import ctrl_c
     from gcrepro.engine.logs import append_traceback
     from gcrepro.run_dir import as_run_dir_error
-
-    from gcrepro import ctrl_c
 
     try:
         with ctrl_c.watch():

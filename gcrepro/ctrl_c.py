@@ -33,6 +33,11 @@ def received() -> bool:
     return _state.received_at is not None
 
 
+def caused(err: BaseException | None) -> bool:
+    """Whether ``err`` (the exception being handled) is a Ctrl-C or came after one inside :func:`watch`."""
+    return isinstance(err, KeyboardInterrupt) or received()
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     if _state.received_at is None:
         _state.received_at = time.monotonic()

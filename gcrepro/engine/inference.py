@@ -85,8 +85,7 @@ def run_inference(
             tick = time.perf_counter()
     except BaseException:
         if shown is not None:
-            shown.close("interrupted" if isinstance(sys.exc_info()[1], KeyboardInterrupt) or ctrl_c.received()
-                        else "failed")
+            shown.close("interrupted" if ctrl_c.caused(sys.exc_info()[1]) else "failed")
         raise
     if shown is not None:
         shown.close("done")

@@ -21,6 +21,9 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+_FUSED_SGD_DEVICES = ("cpu", "cuda")  # torch.optim.SGD(fused=True) has kernels for both (PyTorch >= 2.4)
+
+
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD over every trainable parameter, weight decay on all of them (SPEC §4, mmdet v0.6).
 
@@ -31,9 +34,6 @@ def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_deca
     params = [p for p in model.parameters() if p.requires_grad]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_SGD_DEVICES for p in params)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
-
-
-_FUSED_SGD_DEVICES = ("cpu", "cuda")  # torch.optim.SGD(fused=True) has kernels for both (PyTorch >= 2.4)
 
 
 def clip_grad_norm(params: list[nn.Parameter], *, max_norm: float) -> float:

@@ -308,7 +308,7 @@ class ProgressHook(Hook):
     def on_error(self, trainer: Trainer) -> None:
         if self.progress is None:
             return
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt) or ctrl_c.received()
+        interrupted = ctrl_c.caused(sys.exc_info()[1])
         self.progress.close("interrupted" if interrupted else "failed")
         self.progress = None
         if interrupted:

@@ -96,15 +96,8 @@ def _better_as_reference(x: Tensor, residual: Tensor | None) -> tuple[str, str] 
 
 
 def _ordinary(x: Tensor, residual: Tensor | None) -> bool:
-    """x and the residual are inputs the fused op takes whatever their device and dtype: 4-D, no
-    empty dimension, dense, the residual (if any) like x; a CUDA batch within the kernels' grid."""
-    shape = x.shape
-    return (
-        len(shape) == 4 and shape[0] > 0 and shape[1] > 0 and shape[2] * shape[3] > 0 and _dense(x)
-        and (x.device.type != "cuda" or shape[0] <= CUDA_MAX_BATCH)
-        and (residual is None or (residual.shape == shape and residual.dtype == x.dtype
-                                  and residual.device == x.device and _dense(residual)))
-    )
+    """x and the residual are inputs "auto" sends to the fused op whatever their device and dtype."""
+    return _not_for_kernels(x, residual) is None and _better_as_reference(x, residual) is None
 
 
 def use_fused(impl: str, x: Tensor, residual: Tensor | None = None, *, paper_block: bool = True) -> bool:
