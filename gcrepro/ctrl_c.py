@@ -4,8 +4,11 @@ Ctrl-C at a terminal signals the whole process group. A loader worker or a child
 main process fail with a secondary error ("DataLoader worker (pid 941208) exited unexpectedly", a broken pipe)
 instead of the KeyboardInterrupt; :func:`watch` records the signal so that the command still reports "interrupted",
 exits 130 and leaves its run resumable. Inside :func:`deferred` (a checkpoint being written) the KeyboardInterrupt
-waits until the block is done. Outside :func:`watch` (a notebook kernel, a library user's own handler)
-:func:`received` is False and nothing is changed.
+waits until the block is done: ``torch.save`` into a file object turns a KeyboardInterrupt mid-write into
+"RuntimeError: ... unexpected pos". Every CLI command runs under :func:`watch`, and so do the training and
+evaluation loops themselves (a notebook kernel: ipykernel runs a cell with Python's default SIGINT handler, and
+the table runner stops a kernel with SIGINT). Where someone else installed a SIGINT handler (a library user's own)
+nothing is changed and :func:`received` stays False.
 """
 from __future__ import annotations
 
@@ -50,15 +53,17 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def deferred() -> Iterator[None]:
     """A Ctrl-C inside the block is raised when the block ends (a checkpoint is written whole, then the command
-    stops). Under :func:`watch` only; elsewhere the block runs as it is."""
-    _state.deferring += 1
-    try:
-        yield
-    finally:
-        _state.deferring -= 1
-    if _state.deferring == 0 and _state.pending:
-        _state.pending = False
-        raise KeyboardInterrupt
+    stops). The block runs under :func:`watch` (entered here if no one did); where :func:`watch` leaves SIGINT
+    alone (another handler, another thread) the block runs as it is."""
+    with watch():
+        _state.deferring += 1
+        try:
+            yield
+        finally:
+            _state.deferring -= 1
+        if _state.deferring == 0 and _state.pending:
+            _state.pending = False
+            raise KeyboardInterrupt
 
 
 @contextmanager
@@ -68,7 +73,7 @@ def watch() -> Iterator[None]:
     parent left SIGINT ignored)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     if not in_main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
+        yield  # inside a watch() already (our handler), or a handler that is not ours to replace
         return
     _state.received_at, _state.pending = None, False
     previous = signal.signal(signal.SIGINT, _on_sigint)

@@ -66,27 +66,28 @@ def run_inference(
     images_done = images_timed = 0
     seconds = 0.0
     tick = time.perf_counter()
-    try:
-        for images, targets in loader:
-            images = [img.to(device, non_blocking=device.type == "cuda") for img in images]  # [3, H, W] each
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(images)
-            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
-            evaluator.process(targets, outputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            tock = time.perf_counter()
-            if images_done >= warmup:
-                seconds += tock - tick
-                images_timed += len(images)
-            images_done += len(images)
+    with ctrl_c.watch():  # an error a Ctrl-C caused says "interrupted" (see gcrepro.ctrl_c)
+        try:
+            for images, targets in loader:
+                images = [img.to(device, non_blocking=device.type == "cuda") for img in images]  # [3, H, W] each
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    outputs = model(images)
+                outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
+                evaluator.process(targets, outputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                tock = time.perf_counter()
+                if images_done >= warmup:
+                    seconds += tock - tick
+                    images_timed += len(images)
+                images_done += len(images)
+                if shown is not None:
+                    shown.update(images_done)
+                tick = time.perf_counter()
+        except BaseException:
             if shown is not None:
-                shown.update(images_done)
-            tick = time.perf_counter()
-    except BaseException:
-        if shown is not None:
-            shown.close("interrupted" if ctrl_c.caused(sys.exc_info()[1]) else "failed")
-        raise
+                shown.close("interrupted" if ctrl_c.caused(sys.exc_info()[1]) else "failed")
+            raise
     if shown is not None:
         shown.close("done")
     return InferenceTiming(images=images_done, images_timed=images_timed, seconds_timed=seconds)

@@ -152,17 +152,20 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
-        self.model.train()
-        for hook in self.hooks:
-            hook.before_train(self)
-        try:
-            self._loop()
-        except BaseException:
+        """Train to ``max_iter``. Under :func:`gcrepro.ctrl_c.watch` (a notebook kernel's cell too): a Ctrl-C, or
+        an error it caused, ends the run as "interrupted" with its last checkpoint whole."""
+        with ctrl_c.watch():
+            self.model.train()
             for hook in self.hooks:
-                hook.on_error(self)
-            raise
-        for hook in self.hooks:
-            hook.after_train(self)
+                hook.before_train(self)
+            try:
+                self._loop()
+            except BaseException:
+                for hook in self.hooks:
+                    hook.on_error(self)
+                raise
+            for hook in self.hooks:
+                hook.after_train(self)
 
     def _loop(self) -> None:
         while self.iteration < self.max_iter:
