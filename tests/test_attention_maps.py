@@ -93,6 +93,10 @@ def test_figures_and_widget(captured, tmp_path) -> None:
     panels = [ax for ax in grid.axes if ax.get_label() != "<colorbar>"]
     assert sum(ax.axison or bool(ax.images) for ax in panels) == 13  # one panel per block, empty cells hidden
     assert len(panels) == 3 * 6
+    assert not any(ax.patches for ax in panels)
+    outlined = ap.attention_grid(maps, outline=[10.0, 20.0, 30.0, 15.0])  # a context image's cue box
+    boxes = [p for ax in outlined.axes for p in ax.patches]
+    assert len(boxes) == 13 and {(b.get_x(), b.get_y(), b.get_width(), b.get_height()) for b in boxes} == {(9.5, 19.5, 30.0, 15.0)}
     panel = ap.nonlocal_panel(maps)
     panels = [ax for ax in panel.axes if ax.get_label() != "<colorbar>"]
     assert len(panels) == 4 and "GC (one map)" in panels[-1].get_title()

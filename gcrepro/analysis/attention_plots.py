@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from gcrepro.analysis.figures import save_figure
 from gcrepro.analysis.attention_maps import STAGE_NAMES, BlockRef, ImageMaps, query_similarity
@@ -49,8 +50,9 @@ def colour_bar(fig: Figure, axes) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def attention_grid(maps: ImageMaps, *, title: str = "") -> Figure:
-    """Rows: stages c3..c5; columns: blocks. Each cell: the block's GC map over the image."""
+def attention_grid(maps: ImageMaps, *, title: str = "", outline: list[float] | None = None) -> Figure:
+    """Rows: stages c3..c5; columns: blocks. Each cell: the block's GC map over the image; ``outline``: a box
+    (COCO xywh, image pixels) drawn in white on every cell, e.g. a toy context image's cue (``gcrepro_cue``)."""
     stages = sorted({b.stage for b in maps.gc})
     cols = max(sum(1 for b in maps.gc if b.stage == s) for s in stages)
     cell = min(2.2, 36.0 / cols)
@@ -64,6 +66,9 @@ def attention_grid(maps: ImageMaps, *, title: str = "") -> Figure:
             ax = axes[r, c]
             if c < len(blocks):
                 overlay(ax, maps.image, maps.gc[blocks[c]], blocks[c].label)
+                if outline is not None:
+                    x, y, w, h = outline
+                    ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.2))
             else:
                 ax.set_axis_off()
     colour_bar(fig, axes)
