@@ -74,6 +74,15 @@ def test_undeclared_names_are_the_injected_ones() -> None:
     for notebook, name, value in (("evaluate", "checkpoint", 3), ("report", "runs_dir", ["a"])):
         with pytest.raises(nbp.ParameterError, match=f"{notebook}.ipynb: parameter {name!r} is str"):
             nbp.check_parameters(_namespace(notebook, {name: value}), notebook)
+    # ... but `papermill -p entry 2` is a row number, as the parameter's help says; a row that does not exist, a
+    # bool or a float is still refused, naming the value.
+    for notebook in nbp.ENTRY_NOTEBOOKS:
+        nbp.check_parameters(_namespace(notebook, {"entry": 2}), notebook)
+        assert "no row 31 in the GCNet table" in _refused(
+            lambda: nbp.check_parameters(_namespace(notebook, {"entry": 31}), notebook))
+        for value in (True, 2.0):
+            assert "parameter 'entry' is str" in _refused(
+                lambda: nbp.check_parameters(_namespace(notebook, {"entry": value}), notebook))
     message = _refused(lambda: nbp.check_parameters(_namespace("train", {"gpus": 1, "nonsense": 1}), "train"))
     assert message.startswith("train.ipynb declares no parameter 'nonsense' (declared: data, entry, gpus")
     # Run again interactively after later cells defined more names: still fine; papermill's own names too.

@@ -176,6 +176,8 @@ def check_value(param: Param, value: Any, *, where: str) -> Any:
     ok: bool
     if param.type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if param.name == "entry" and param.type_name == "str" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a row number: `papermill -p entry 2` passes an int (get_entry takes either)
     if param.type_name == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif param.type_name == "float":
