@@ -88,10 +88,11 @@ def test_runs_on_a_context_set_and_says_when_the_set_has_no_cue(tmp_path: Path, 
     numbers = run_cue_classes(_fake_run(runs / "ctx_run", context, perfect))
     assert numbers.hits == numbers.discs == len(truth) and numbers.class_agnostic_ap == pytest.approx(100.0)
     assert run_cue_classes(_fake_run(runs / "shapes_run", shapes, [])) is None
+    assert run_cue_classes(_fake_run(tmp_path / "elsewhere" / "coco_run", tmp_path / "no_such_set", [])) is None  # COCO
     assert main([str(runs)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ctx_run [toy]: class-agnostic box AP 100.0") and f"right for {len(truth)} of" in out[0]
-    assert out[1] == "shapes_run: not a context set (its val images record no cue)"
+    assert out[1] == "shapes_run: not a toy context set (gcrepro data toy --kind context)"
 
 
 def test_a_run_without_results_names_the_missing_file(tmp_path: Path) -> None:

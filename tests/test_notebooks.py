@@ -105,7 +105,7 @@ def test_pipeline_train_evaluate_attention_report(table_runs: tuple[Path, int]) 
     streams = {name: "".join(o.get("text", "") for c in evaluate_nb.cells for o in c.get("outputs", [])
                              if o.get("name") == name) for name in ("stdout", "stderr")}
     assert "COCOeval bbox" in streams["stdout"] and " I gcrepro" not in streams["stderr"]
-    assert "no class split: the val set records no cue (not a context set)" in streams["stdout"]  # shapes set
+    assert "no class split: not a toy context set (gcrepro data toy --kind context)" in streams["stdout"]  # shapes set
     tables = [o["data"]["text/html"] for c in evaluate_nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     assert len(tables) == 2 and all("nan" not in t.lower() for t in tables)
     assert [t.split("</thead>")[0].count("<tr>") for t in tables] == [1, 1]  # no empty extra header row

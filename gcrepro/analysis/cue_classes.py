@@ -29,6 +29,7 @@ import numpy as np
 
 from gcrepro.analysis.cue_attention import CUE_FIELD
 
+CONTEXT_GENERATOR = "gcrepro.data.toy_context"  # the context set's manifest "generator"
 IOU_MATCH = 0.5  # a detection "is on" a disc at box IoU >= 0.5 (COCO's AP50 threshold)
 
 
@@ -115,8 +116,10 @@ def cue_classes(annotation_file: Path, detections_file: Path) -> CueClasses:
 
 def run_cue_classes(run_dir: Path) -> CueClasses | None:
     """The numbers of an evaluated run (its metrics.json names the val set; its results/bbox.json holds the
-    detections); None when that val set records no cue (not a context set)."""
+    detections); None when that val set is not a toy context set (told by its manifest, so a COCO run's
+    evaluate.ipynb does not read COCO's annotations for nothing) or records no cue."""
     from gcrepro.data.coco import annotation_file
+    from gcrepro.data.toy import read_manifest
 
     metrics_file = Path(run_dir) / "metrics.json"
     detections = Path(run_dir) / "results" / "bbox.json"
@@ -126,6 +129,8 @@ def run_cue_classes(run_dir: Path) -> CueClasses | None:
     root = json.loads(metrics_file.read_text()).get("eval_data", {}).get("root")
     if not root:
         raise ValueError(f"{metrics_file}: no eval_data.root; evaluate the run again with this gcrepro")
+    if (read_manifest(root) or {}).get("generator") != CONTEXT_GENERATOR:
+        return None
     val = annotation_file(Path(root), "val")
     images = json.loads(val.read_text())["images"]
     if not any(CUE_FIELD in img for img in images):
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         numbers = run_cue_classes(run)
         name = run.relative_to(args.runs_dir)
         if numbers is None:
-            print(f"{name}: not a context set (its val images record no cue)")
+            print(f"{name}: not a toy context set (gcrepro data toy --kind context)")
         elif args.json:
             print(json.dumps({"run": str(name), **asdict(numbers), "hit_rate": numbers.hit_rate}))
         else:
