@@ -77,28 +77,19 @@ def test_ctrl_c_while_a_checkpoint_is_written_waits_for_the_write(tmp_path) -> N
 
 # --- the training loop itself, as a notebook kernel runs it: no CLI around it, Python's default SIGINT handler ---
 
-class _Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor([0.5, -0.3, 0.2]))
-
-    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        means = torch.stack([img.mean(dim=(1, 2)) for img in images])  # [N, 3]
-        return {"loss_classifier": ((means * self.scale).sum(1) - 1).pow(2).mean()}
-
-
 def _kernel_like_trainer(tmp_path, extra_hooks=()):
     from gcrepro.data import CocoInstances, build_loader, make_toy_dataset
     from gcrepro.engine.epoch_data import EpochBatches
     from gcrepro.engine.recipe import WarmupStepSchedule, build_optimizer
     from gcrepro.engine.trainer import Checkpointer, ProgressHook, Trainer
     from gcrepro.runspec import resolve_run
+    from test_engine_nan import TwoTermModel  # a stand-in detector with two loss terms
 
     root = make_toy_dataset(tmp_path / "toy", seed=0, num_train=8, num_val=1, image_size=64)
     loader = build_loader(CocoInstances(root, "train", train=True), batch_size=2, train=True, num_workers=0, seed=0,
                           distributed=False)
     spec = resolve_run(1, data=root, overrides={"checkpoint_interval": 1, "warmup_iters": 0, "max_iters": 6})
-    model = _Tiny()
+    model = TwoTermModel(nan_at=0)  # never NaN
     optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0)
     schedule = WarmupStepSchedule(optimizer, base_lr=0.1, warmup_iters=0, warmup_ratio=1 / 3, milestones=(), gamma=0.1)
     work = tmp_path / "run"

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gcrepro.analysis.cue_attention import CUE_FIELD
 
@@ -56,17 +57,6 @@ class CueClasses:
                 f"{100 * self.majority_share:.0f}%)")
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xywh box with [K, 4] xywh boxes -> [K]."""
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
-    y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    union = box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def _class_agnostic_ap(annotations: dict, detections: list[dict]) -> tuple[float, float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -87,7 +77,12 @@ def _class_agnostic_ap(annotations: dict, detections: list[dict]) -> tuple[float
 
 def cue_classes(annotation_file: Path, detections_file: Path) -> CueClasses:
     """The numbers for one val annotation file and one COCO results file (``bbox.json``)."""
-    annotations = json.loads(Path(annotation_file).read_text())
+    return _split(json.loads(Path(annotation_file).read_text()), detections_file)
+
+
+def _split(annotations: dict, detections_file: Path) -> CueClasses:
+    from torchvision.ops import box_convert, box_iou
+
     detections = json.loads(Path(detections_file).read_text())
     if not isinstance(detections, list):
         raise ValueError(f"{detections_file}: expected a COCO results list of detections, got {type(detections).__name__}")
@@ -100,8 +95,9 @@ def cue_classes(annotation_file: Path, detections_file: Path) -> CueClasses:
         dets = by_image.get(int(disc["image_id"]), [])
         if not dets:
             continue
-        boxes = np.array([d["bbox"] for d in dets], dtype=np.float64)  # [K, 4] xywh
-        overlap = _iou(np.asarray(disc["bbox"], dtype=np.float64), boxes) >= IOU_MATCH
+        boxes = box_convert(torch.tensor([d["bbox"] for d in dets], dtype=torch.float64), "xywh", "xyxy")  # [K, 4]
+        disc_box = box_convert(torch.tensor([disc["bbox"]], dtype=torch.float64), "xywh", "xyxy")  # [1, 4]
+        overlap = (box_iou(disc_box, boxes)[0] >= IOU_MATCH).numpy()  # [K]
         if not overlap.any():
             continue
         found += 1
@@ -131,11 +127,10 @@ def run_cue_classes(run_dir: Path) -> CueClasses | None:
         raise ValueError(f"{metrics_file}: no eval_data.root; evaluate the run again with this gcrepro")
     if (read_manifest(root) or {}).get("generator") != CONTEXT_GENERATOR:
         return None
-    val = annotation_file(Path(root), "val")
-    images = json.loads(val.read_text())["images"]
-    if not any(CUE_FIELD in img for img in images):
+    annotations = json.loads(annotation_file(Path(root), "val").read_text())
+    if not any(CUE_FIELD in img for img in annotations["images"]):
         return None
-    return cue_classes(val, detections)
+    return _split(annotations, detections)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ class Rule:
 
     type_name: str  # the declared type the rule is written for; a parameter of another type skips it
     check: Callable[[Any], None]
+    int_as_str: bool = False  # a str parameter that also takes an int, as its text (`papermill -p entry 2`)
 
 
 def _at_least(low: int) -> Callable[[Any], None]:
@@ -113,7 +114,7 @@ def _spec(value: dict) -> None:
 # Rules by parameter name: a name means the same in every notebook that declares it (as ``--set NAME``
 # sets it in each of them).
 RULES: dict[str, Rule] = {
-    "entry": Rule("str", _entry),
+    "entry": Rule("str", _entry, int_as_str=True),  # a row number (get_entry takes either)
     "profile": Rule("str", _profile),
     "gpus": Rule("int", _at_least(0)),
     "num_images": Rule("int", _at_least(1)),
@@ -176,8 +177,10 @@ def check_value(param: Param, value: Any, *, where: str) -> Any:
     ok: bool
     if param.type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if param.name == "entry" and param.type_name == "str" and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # a row number: `papermill -p entry 2` passes an int (get_entry takes either)
+    rule = RULES.get(param.name)
+    if rule is not None and rule.int_as_str and param.type_name == "str" and isinstance(value, int) \
+            and not isinstance(value, bool):
+        value = str(value)
     if param.type_name == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif param.type_name == "float":
@@ -188,7 +191,6 @@ def check_value(param: Param, value: Any, *, where: str) -> Any:
         raise ParameterError(
             f"{where}: parameter {param.name!r} is {param.type_name} ({param.help}); got {value!r} ({type(value).__name__})"
         )
-    rule = RULES.get(param.name)
     if rule is not None and rule.type_name == param.type_name:
         try:
             rule.check(value)
